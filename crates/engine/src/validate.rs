@@ -1,0 +1,311 @@
+//! Every check of outside input, in one place.
+//!
+//! Names become file names and device names, so they are held to a
+//! whitelist: nothing that could walk out of a folder (`/`, `..`), be read as
+//! an option (a leading `-`), or surprise a person reading a listing
+//! (whitespace, control characters, shell punctuation). Each check returns a
+//! sentence that quotes the offending value (cut short and escaped) and says
+//! what would have been accepted.
+
+use crate::size::Size;
+
+/// Quotes a client-supplied value for an error sentence: escaped, and cut to
+/// 40 characters so a 10 KB string does not become a 10 KB error.
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 40;
+    let mut out = String::from("'");
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push_str("…");
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('\'');
+    out
+}
+
+/// What a kind of name may look like.
+struct NameRule {
+    what: &'static str,
+    max_len: usize,
+    /// Characters allowed after the first, besides ASCII letters and digits.
+    extra: &'static str,
+    /// Whether the first character may be a digit.
+    leading_digit: bool,
+}
+
+impl NameRule {
+    fn check(&self, s: &str) -> Result<(), String> {
+        let q = quote(s);
+        let what = self.what;
+        if s.is_empty() {
+            return Err(format!("the {what} must not be empty"));
+        }
+        if s.len() > self.max_len {
+            return Err(format!(
+                "the {what} {q} is too long: at most {} characters",
+                self.max_len
+            ));
+        }
+        let first = s.chars().next().expect("not empty");
+        let first_ok =
+            first.is_ascii_alphabetic() || (self.leading_digit && first.is_ascii_digit());
+        let rest_ok = s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || self.extra.contains(c));
+        if !first_ok || !rest_ok || s.contains("..") {
+            let extra: Vec<String> = self.extra.chars().map(|c| format!("'{c}'")).collect();
+            return Err(format!(
+                "invalid {what} {q}: use letters, digits and {}, starting with a letter{}, and no '..'",
+                extra.join(", "),
+                if self.leading_digit { " or digit" } else { "" }
+            ));
+        }
+        Ok(())
+    }
+}
+
+const GUEST: NameRule = NameRule {
+    what: "guest name",
+    max_len: 64,
+    extra: "._-",
+    leading_digit: true,
+};
+
+const ISO: NameRule = NameRule {
+    what: "ISO name",
+    max_len: 200,
+    extra: "._+~-",
+    leading_digit: true,
+};
+
+const POOL: NameRule = NameRule {
+    what: "pool name",
+    max_len: 64,
+    extra: "._-",
+    leading_digit: false,
+};
+
+const NIC: NameRule = NameRule {
+    what: "nic name",
+    max_len: 15,
+    extra: "._-",
+    leading_digit: false,
+};
+
+/// Folders that sit beside the guests in `<pool>/iohyve/`.
+const RESERVED_GUEST_NAMES: [&str; 2] = ["ISO", "Firmware"];
+
+/// The data dir's own folder, which a pool of the same name would shadow.
+pub const STATE_DIR: &str = "hyve";
+
+/// Suffix of a download in progress in the ISO store.
+pub const PARTIAL_SUFFIX: &str = ".part";
+
+pub fn guest_name(s: &str) -> Result<(), String> {
+    GUEST.check(s)?;
+    if RESERVED_GUEST_NAMES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(s))
+    {
+        return Err(format!(
+            "the guest name {} is reserved: it is a folder of the pool",
+            quote(s)
+        ));
+    }
+    Ok(())
+}
+
+pub fn iso_name(s: &str) -> Result<(), String> {
+    ISO.check(s)?;
+    if s.to_ascii_lowercase().ends_with(PARTIAL_SUFFIX) {
+        return Err(format!(
+            "the ISO name {} is reserved: names ending in {PARTIAL_SUFFIX} are downloads in progress",
+            quote(s)
+        ));
+    }
+    Ok(())
+}
+
+pub fn pool_name(s: &str) -> Result<(), String> {
+    POOL.check(s)?;
+    if s == STATE_DIR {
+        return Err(format!(
+            "the pool name {} is reserved for the server's own state",
+            quote(s)
+        ));
+    }
+    Ok(())
+}
+
+pub fn nic_name(s: &str) -> Result<(), String> {
+    NIC.check(s)
+}
+
+/// Parses a disk name, `disk0` to `disk999`, into its number.
+pub fn disk_name(s: &str) -> Result<u32, String> {
+    let bad = || {
+        format!(
+            "invalid disk name {}: disks are named disk0, disk1, …",
+            quote(s)
+        )
+    };
+    let n = s.strip_prefix("disk").ok_or_else(bad)?;
+    if n.is_empty() || n.len() > 3 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if n.len() > 1 && n.starts_with('0') {
+        return Err(bad());
+    }
+    n.parse().map_err(|_| bad())
+}
+
+/// Bounds on sizes, from the config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_disk_bytes: u64,
+    pub max_ram_bytes: u64,
+    pub max_cpus: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_disk_bytes: 16 << 40,
+            max_ram_bytes: 1 << 40,
+            max_cpus: 128,
+        }
+    }
+}
+
+const MIN_DISK: u64 = 1 << 20;
+const MIN_RAM: u64 = 16 << 20;
+
+/// A disk size: at least 1M, a whole number of 512-byte sectors, within the
+/// configured maximum.
+pub fn disk_size(s: &str, limits: &Limits) -> Result<Size, String> {
+    let size = Size::parse(s)?;
+    if size.bytes() < MIN_DISK {
+        return Err(format!("disk size {} is too small: at least 1M", quote(s)));
+    }
+    if size.bytes() % 512 != 0 {
+        return Err(format!(
+            "disk size {} is not a whole number of 512-byte sectors",
+            quote(s)
+        ));
+    }
+    if size.bytes() > limits.max_disk_bytes {
+        return Err(format!(
+            "disk size {} is larger than this server allows ({})",
+            quote(s),
+            Size::from_bytes(limits.max_disk_bytes)
+        ));
+    }
+    Ok(size)
+}
+
+/// Memory for a guest: at least 16M, whole megabytes, within the maximum.
+pub fn ram_size(s: &str, limits: &Limits) -> Result<Size, String> {
+    let size = Size::parse(s)?;
+    if size.bytes() < MIN_RAM || size.bytes() % (1 << 20) != 0 {
+        return Err(format!(
+            "ram {} must be a whole number of megabytes, at least 16M",
+            quote(s)
+        ));
+    }
+    if size.bytes() > limits.max_ram_bytes {
+        return Err(format!(
+            "ram {} is more than this server allows ({})",
+            quote(s),
+            Size::from_bytes(limits.max_ram_bytes)
+        ));
+    }
+    Ok(size)
+}
+
+/// Free text (a description): printable, no control characters.
+pub fn printable_text(what: &str, s: &str, max_chars: usize) -> Result<(), String> {
+    if s.chars().count() > max_chars {
+        return Err(format!("{what} is too long: at most {max_chars} characters"));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{what} {} contains the control character {:?}",
+            quote(s),
+            c
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const HOSTILE: [&str; 12] = [
+        "../x", "..", ".", "-rf", "a b", "$(id)", "", "a/b", "x\n", "`id`", "a;b", "é",
+    ];
+
+    #[test]
+    fn hostile_names_are_refused() {
+        let long = "a".repeat(10 * 1024);
+        for s in HOSTILE.iter().copied().chain([long.as_str()]) {
+            assert!(guest_name(s).is_err(), "guest {s:?}");
+            assert!(iso_name(s).is_err(), "iso {s:?}");
+            assert!(pool_name(s).is_err(), "pool {s:?}");
+            assert!(nic_name(s).is_err(), "nic {s:?}");
+            assert!(disk_name(s).is_err(), "disk {s:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_names_pass() {
+        for s in ["bsdguest", "web-01", "db_2.example", "9front"] {
+            guest_name(s).unwrap();
+        }
+        for s in [
+            "FreeBSD-10.2-RELEASE-amd64-disc1.iso",
+            "debian-12.1.0-amd64-netinst.iso",
+            "TRUEOS10.2-RELEASE-08-19-2015-x64-netinstall.iso",
+            "gparted+live~1.iso",
+        ] {
+            iso_name(s).unwrap();
+        }
+        pool_name("tank").unwrap();
+        nic_name("re0").unwrap();
+        nic_name("enp0s3").unwrap();
+        assert_eq!(disk_name("disk0"), Ok(0));
+        assert_eq!(disk_name("disk12"), Ok(12));
+    }
+
+    #[test]
+    fn reserved_names() {
+        assert!(guest_name("ISO").is_err());
+        assert!(guest_name("firmware").is_err());
+        assert!(iso_name("x.iso.part").is_err());
+        assert!(pool_name(STATE_DIR).is_err());
+        assert!(disk_name("disk01").is_err());
+        assert!(disk_name("disk1000").is_err());
+    }
+
+    #[test]
+    fn errors_quote_short() {
+        let long = "x".repeat(10_000);
+        let e = guest_name(&format!("-{long}")).unwrap_err();
+        assert!(e.len() < 200, "{e}");
+        assert_eq!(quote("a\nb"), "'a\\nb'");
+    }
+
+    #[test]
+    fn size_limits() {
+        let l = Limits::default();
+        assert!(disk_size("10G", &l).is_ok());
+        assert!(disk_size("512K", &l).is_err());
+        assert!(disk_size("1048577", &l).is_err());
+        assert!(disk_size("17T", &l).is_err());
+        assert!(ram_size("256M", &l).is_ok());
+        assert!(ram_size("8M", &l).is_err());
+        assert!(ram_size("1025K", &l).is_err());
+    }
+}

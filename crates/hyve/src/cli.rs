@@ -1,0 +1,269 @@
+//! The client commands: each is one iohyve action sent over WebSocket,
+//! printed as a table for people or as JSON with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use hyve_client::{Client, ClientError};
+
+use crate::{table, EXIT_FAILED, EXIT_UNREACHABLE};
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// List guests with their state.
+    List,
+    /// List the ISOs in the store.
+    Isolist,
+    /// Rename an ISO.
+    Renameiso { iso: String, new_name: String },
+    /// Remove an ISO.
+    Rmiso { iso: String },
+    /// Set up a pool and the nic guests are bridged to: `setup pool=tank nic=em0`.
+    Setup {
+        /// `pool=<name>` and `nic=<interface>` (`net=` is taken for `nic=`).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Create a guest with a disk0 of the given size (512M, 10G...).
+    Create { name: String, size: String },
+    /// Delete a guest and all its disks.
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Add a disk to a guest, optionally in another pool.
+    Add {
+        name: String,
+        size: String,
+        pool: Option<String>,
+    },
+    /// List a guest's disks.
+    Disks { name: String },
+    /// Grow a disk: `resize <guest> disk0 20G`.
+    Resize {
+        name: String,
+        disk: String,
+        size: String,
+    },
+    /// Remove a disk other than disk0.
+    Remove { name: String, disk: String },
+    /// Show the server's version.
+    Version,
+    /// Show every property of a guest.
+    Getall { name: String },
+    /// Show one property of a guest.
+    Get { name: String, prop: String },
+    /// Set properties: `set <guest> ram=512M cpu=2`.
+    Set {
+        name: String,
+        #[arg(required = true, value_name = "PROP=VALUE")]
+        props: Vec<String>,
+    },
+}
+
+/// An error for the user: the sentence and the exit status.
+struct Failure(String, u8);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Connect { .. } | ClientError::Closed => EXIT_UNREACHABLE,
+            _ => EXIT_FAILED,
+        };
+        Failure(e.to_string(), code)
+    }
+}
+
+fn usage(msg: String) -> Failure {
+    Failure(msg, 2)
+}
+
+pub async fn run(server: &str, json_out: bool, cmd: ClientCommand) -> ExitCode {
+    match execute(server, json_out, cmd).await {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure(msg, code)) => {
+            eprintln!("hyve: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Splits `key=value` arguments.
+fn pairs(args: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| usage(format!("expected KEY=VALUE, got {a:?}")))
+        })
+        .collect()
+}
+
+fn confirm(question: &str) -> Result<bool, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(format!(
+            "{question} Not asking without a terminal: pass --force"
+        )));
+    }
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure(e.to_string(), EXIT_FAILED))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<String, Failure> {
+    // Arguments are checked before connecting, so usage errors need no server.
+    let (action, args) = request_for(&cmd)?;
+    if let ClientCommand::Delete { name, force: false } = &cmd {
+        if !confirm(&format!("Delete guest '{name}' and all its disks?"))? {
+            return Ok("Not deleted.\n".into());
+        }
+    }
+    let client = Client::connect(server).await?;
+    let result = client.iohyve(action, args).await?;
+    if let ClientCommand::Get { name, prop } = &cmd {
+        if result[name].get(prop).is_none() {
+            return Err(Failure(
+                format!("guest '{name}' has no property '{prop}'"),
+                EXIT_FAILED,
+            ));
+        }
+    }
+    if json_out {
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&result).expect("JSON serializes")
+        ));
+    }
+    Ok(human(&cmd, &result))
+}
+
+/// The action and arguments a command sends.
+fn request_for(cmd: &ClientCommand) -> Result<(&'static str, Value), Failure> {
+    use ClientCommand as C;
+    Ok(match cmd {
+        C::List => ("listvms", json!({})),
+        C::Isolist => ("listisos", json!({})),
+        C::Renameiso { iso, new_name } => ("renameiso", json!({"source": iso, "target": new_name})),
+        C::Rmiso { iso } => ("rmiso", json!({ "target": iso })),
+        C::Setup { settings } => {
+            let mut args = json!({});
+            for (k, v) in pairs(settings)? {
+                let key = match k.as_str() {
+                    "pool" => "pool",
+                    "nic" | "net" => "nic",
+                    other => return Err(usage(format!("setup takes pool= and nic=, not {other}="))),
+                };
+                args[key] = json!(v);
+            }
+            ("setup", args)
+        }
+        C::Create { name, size } => ("create", json!({"name": name, "size": size})),
+        C::Delete { name, .. } => ("delete", json!({ "name": name })),
+        C::Add { name, size, pool } => {
+            let mut a = json!({"name": name, "size": size});
+            if let Some(p) = pool {
+                a["pool"] = json!(p);
+            }
+            ("adddisk", a)
+        }
+        C::Disks { name } => ("listdisks", json!({ "name": name })),
+        C::Resize { name, disk, size } => {
+            ("resizedisk", json!({"name": name, "disk": disk, "size": size}))
+        }
+        C::Remove { name, disk } => ("deletedisk", json!({"name": name, "disk": disk})),
+        C::Version => ("version", json!({})),
+        C::Getall { name } | C::Get { name, .. } => ("getprops", json!({ "name": name })),
+        C::Set { name, props } => {
+            let mut a = json!({ "name": name });
+            for (k, v) in pairs(props)? {
+                if k == "name" || k == "action" {
+                    return Err(usage(format!("'{k}' is not a property that can be set")));
+                }
+                a[k] = json!(v);
+            }
+            ("setprop", a)
+        }
+    })
+}
+
+/// The reply, for people.
+fn human(cmd: &ClientCommand, r: &Value) -> String {
+    use ClientCommand as C;
+    let obj = |v: &Value| v.as_object().cloned().unwrap_or_default();
+    match cmd {
+        C::List => {
+            let rows: Vec<Vec<String>> = obj(r)
+                .iter()
+                .map(|(name, g)| {
+                    vec![
+                        name.clone(),
+                        s(&g["vmm"]),
+                        s(&g["running"]),
+                        s(&g["rcboot"]),
+                        s(&g["description"]),
+                    ]
+                })
+                .collect();
+            table::render(&["Guest", "VMM?", "Running?", "rcboot?", "Description"], &rows)
+        }
+        C::Isolist => {
+            let rows: Vec<Vec<String>> = r
+                .as_array()
+                .map(|a| a.iter().map(|i| vec![s(i)]).collect())
+                .unwrap_or_default();
+            table::render(&["ISO"], &rows)
+        }
+        C::Renameiso { .. } => format!("Renamed ISO {} to {}\n", s(&r["source"]), s(&r["target"])),
+        C::Rmiso { .. } => format!("Removed ISO {}\n", s(&r["target"])),
+        C::Setup { .. } => format!("Set up pool {} with nic {}\n", s(&r["pool"]), s(&r["nic"])),
+        C::Create { .. } => format!("Created guest {} with a {} disk0\n", s(&r["name"]), s(&r["size"])),
+        C::Delete { .. } => format!("Deleted guest {}\n", s(&r["name"])),
+        C::Add { name, .. } => format!("Added a {} disk to {name}\n", s(&r[name]["size"])),
+        C::Disks { .. } => {
+            let rows: Vec<Vec<String>> = obj(r).iter().map(|(d, sz)| vec![d.clone(), s(sz)]).collect();
+            table::render(&["Disk", "Size"], &rows)
+        }
+        C::Resize { .. } => format!(
+            "Resized {} of {} to {}\n",
+            s(&r["disk"]),
+            s(&r["name"]),
+            s(&r["size"])
+        ),
+        C::Remove { .. } => format!("Removed {} from {}\n", s(&r["disk"]), s(&r["name"])),
+        C::Version => format!("{}\n", s(&r["version"])),
+        C::Getall { name } => {
+            let rows: Vec<Vec<String>> = obj(&r[name])
+                .iter()
+                .map(|(k, v)| vec![k.clone(), s(v)])
+                .collect();
+            table::render(&["Property", "Value"], &rows)
+        }
+        C::Get { name, prop } => match r[name].get(prop) {
+            Some(v) => format!("{}\n", s(v)),
+            None => String::new(),
+        },
+        C::Set { name, .. } => obj(&r[name])
+            .iter()
+            .map(|(k, v)| format!("{name}: {k}={}\n", s(v)))
+            .collect(),
+    }
+}

@@ -1,0 +1,108 @@
+//! `hyve`: the server (`hyve serve`) and the command line that talks to it,
+//! with iohyve's command names.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod cli;
+mod table;
+
+/// Exit status for a request the server refused or failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status when the server cannot be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "hyve", version, about = "Manage virtual machines through a hyve (SysAdm iohyve) server")]
+struct Cli {
+    /// The server to talk to.
+    #[arg(long, global = true, env = "HYVE_SERVER", default_value = "ws://127.0.0.1:12150")]
+    server: String,
+    /// Print the server's reply as JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A TOML config file; without it the embedded defaults apply.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where guests, ISOs and the server's state are kept.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// WebSocket address [default: 127.0.0.1:12150]
+    #[arg(long, value_name = "ADDR:PORT")]
+    ws_listen: Option<std::net::SocketAddr>,
+    /// REST address [default: 127.0.0.1:12151]
+    #[arg(long, value_name = "ADDR:PORT")]
+    rest_listen: Option<std::net::SocketAddr>,
+    /// Plain ws:// and http:// (loopback addresses only).
+    #[arg(long)]
+    no_tls: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hyve: cannot start: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match cli.command {
+        Command::Serve(a) => match rt.block_on(serve(a)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hyve: {e:#}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        Command::Client(c) => rt.block_on(cli::run(&cli.server, cli.json, c)),
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let overrides = hyve_server::Overrides {
+        data_dir: a.data_dir,
+        ws_listen: a.ws_listen,
+        rest_listen: a.rest_listen,
+        no_tls: a.no_tls,
+    };
+    let config = hyve_server::Config::load(a.config.as_deref(), &overrides)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
+        .map_err(|e| anyhow::anyhow!("log filter {:?}: {e}", config.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let server = hyve_server::Server::bind(config).await?;
+    server.serve(stop_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,123 @@
+//! The `sysadm/iohyve` class: each action's call into the engine and the
+//! exact reply shape of the API document.
+
+use serde_json::{json, Map, Value};
+
+use hyve_engine::Result;
+use hyve_proto::iohyve::{self as req, IohyveRequest, ParseError};
+use hyve_proto::ProtocolError;
+
+use super::Outcome;
+use crate::App;
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "YES"
+    } else {
+        "NO"
+    }
+}
+
+pub async fn handle(app: &App, args: &Value) -> Outcome {
+    let request = match req::parse(args) {
+        Ok(r) => r,
+        Err(ParseError::Protocol(p)) => return Outcome::Protocol(p),
+        Err(ParseError::Action { action, message }) => {
+            return Outcome::action_error(action.name(), &hyve_engine::Error::invalid(message))
+        }
+    };
+    let action = request.action();
+    match run(app, request).await {
+        Ok(Some(v)) => Outcome::Ok(json!({ action.name(): v })),
+        Ok(None) => Outcome::Protocol(ProtocolError::bad_request(format!(
+            "the action {action} is not available on this server"
+        ))),
+        Err(e) => Outcome::action_error(action.name(), &e),
+    }
+}
+
+/// Runs one action; `None` for actions this server does not offer.
+async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
+    let engine = &app.engine;
+    let v = match request {
+        IohyveRequest::ListVms => {
+            let vms = engine.list_vms(|_| (false, false));
+            let mut m = Map::new();
+            for (name, s) in vms {
+                m.insert(
+                    name,
+                    json!({
+                        "description": s.description,
+                        "rcboot": yes_no(s.rcboot),
+                        "running": yes_no(s.running),
+                        "vmm": yes_no(s.vmm),
+                    }),
+                );
+            }
+            Value::Object(m)
+        }
+        IohyveRequest::ListIsos => json!(engine.list_isos().await?),
+        IohyveRequest::RenameIso { source, target } => {
+            engine.rename_iso(&source, &target).await?;
+            json!({ "source": source, "target": target })
+        }
+        IohyveRequest::RmIso { target } => {
+            engine.remove_iso(&target, |_| Ok(())).await?;
+            json!({ "target": target })
+        }
+        IohyveRequest::Setup { pool, nic } => {
+            let rec = engine.setup(&pool, &nic).await?;
+            json!({ "nic": rec.nic, "pool": rec.pool })
+        }
+        IohyveRequest::IsSetup => {
+            json!({ "setup": if engine.is_setup() { "true" } else { "false" } })
+        }
+        IohyveRequest::Create { name, size } => {
+            let rec = engine.create(&name, &size).await?;
+            json!({ "name": rec.name, "size": rec.prop("size") })
+        }
+        IohyveRequest::Delete { name } => {
+            engine.delete(&name, |_| Ok(())).await?;
+            json!({ "name": name })
+        }
+        IohyveRequest::AddDisk { name, size, pool } => {
+            let (disk_pool, size) = engine.add_disk(&name, &size, pool.as_deref()).await?;
+            let mut d = json!({ "size": size.text() });
+            if pool.is_some() {
+                d["pool"] = json!(disk_pool);
+            }
+            json!({ name: d })
+        }
+        IohyveRequest::ListDisks { name } => {
+            let m: Map<String, Value> = engine
+                .list_disks(&name)?
+                .into_iter()
+                .map(|(d, s)| (d, Value::from(s)))
+                .collect();
+            Value::Object(m)
+        }
+        IohyveRequest::ResizeDisk { name, disk, size } => {
+            let size = engine.resize_disk(&name, &disk, &size, |_| Ok(())).await?;
+            json!({ "disk": disk, "name": name, "size": size.text() })
+        }
+        IohyveRequest::DeleteDisk { name, disk } => {
+            engine.delete_disk(&name, &disk, |_| Ok(())).await?;
+            json!({ "disk": disk, "name": name })
+        }
+        IohyveRequest::Version => json!({ "version": engine.version() }),
+        IohyveRequest::GetProps { name } => {
+            let props = engine.get_props(&name)?;
+            json!({ name: props })
+        }
+        IohyveRequest::SetProp { name, props } => {
+            let set = engine.set_props(&name, &props).await?;
+            json!({ name: set })
+        }
+        IohyveRequest::FetchIso { .. }
+        | IohyveRequest::Install { .. }
+        | IohyveRequest::Start { .. }
+        | IohyveRequest::Stop { .. }
+        | IohyveRequest::ConsoleLog { .. } => return Ok(None),
+    };
+    Ok(Some(v))
+}

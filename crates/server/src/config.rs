@@ -1,0 +1,213 @@
+//! The server's configuration: embedded defaults, then a TOML file, then
+//! command-line flags. Every flag has a key here; unknown keys are errors so
+//! that a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use hyve_engine::{validate, Limits, Size};
+
+/// The whole configuration, as read from TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the server keeps its state and the pools not named in `pools`.
+    pub data_dir: PathBuf,
+    /// WebSocket listener (`--ws-listen`).
+    pub ws_listen: SocketAddr,
+    /// REST listener (`--rest-listen`).
+    pub rest_listen: SocketAddr,
+    /// The log filter, as `RUST_LOG` takes it (`info`, `hyve_server=debug`).
+    pub log: String,
+    pub tls: TlsConfig,
+    /// Pool name to folder. Pools not listed are folders under `data_dir`.
+    pub pools: BTreeMap<String, PathBuf>,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve wss:// and https:// (`--no-tls` turns it off, loopback only).
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest disk `create`, `adddisk` and `resizedisk` accept.
+    pub max_disk_size: String,
+    /// The most memory `setprop ram` accepts.
+    pub max_ram: String,
+    /// The most CPUs `setprop cpu` accepts.
+    pub max_cpus: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_disk_size: "16T".into(),
+            max_ram: "1T".into(),
+            max_cpus: 128,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        // Plain transports until TLS is configured; loopback only (checked).
+        TlsConfig { enabled: false }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            ws_listen: "127.0.0.1:12150".parse().expect("valid"),
+            rest_listen: "127.0.0.1:12151".parse().expect("valid"),
+            log: "info".into(),
+            tls: TlsConfig::default(),
+            pools: BTreeMap::new(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `/var/lib/hyve` for root; `~/.local/share/hyve` for anyone else.
+pub fn default_data_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/hyve");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("hyve");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/hyve"),
+        None => PathBuf::from("/var/lib/hyve"),
+    }
+}
+
+/// Values given on the command line; each overrides its config key.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub ws_listen: Option<SocketAddr>,
+    pub rest_listen: Option<SocketAddr>,
+    pub no_tls: bool,
+}
+
+impl Config {
+    /// Reads `file` (if any) over the defaults, then applies `o`, then checks.
+    pub fn load(file: Option<&Path>, o: &Overrides) -> anyhow::Result<Config> {
+        let mut cfg = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", p.display()))?;
+                Self::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(d) = &o.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if let Some(a) = o.ws_listen {
+            cfg.ws_listen = a;
+        }
+        if let Some(a) = o.rest_listen {
+            cfg.rest_listen = a;
+        }
+        if o.no_tls {
+            cfg.tls.enabled = false;
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks what serde cannot: names, sizes, absolute paths, loopback.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !self.data_dir.is_absolute() {
+            anyhow::bail!("data_dir must be an absolute path");
+        }
+        for (name, path) in &self.pools {
+            validate::pool_name(name).map_err(|e| anyhow::anyhow!("[pools]: {e}"))?;
+            if !path.is_absolute() {
+                anyhow::bail!("[pools] {name}: the folder must be an absolute path");
+            }
+        }
+        self.limits()?;
+        if !self.tls.enabled {
+            for (what, addr) in [("ws_listen", self.ws_listen), ("rest_listen", self.rest_listen)] {
+                if !addr.ip().is_loopback() {
+                    anyhow::bail!(
+                        "{what} {addr} is not a loopback address: without TLS the server only listens on loopback"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's limits, from `[limits]`.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let size = |key: &str, v: &str| {
+            Size::parse(v)
+                .map(|s| s.bytes())
+                .map_err(|e| anyhow::anyhow!("[limits] {key}: {e}"))
+        };
+        if self.limits.max_cpus == 0 {
+            anyhow::bail!("[limits] max_cpus must be at least 1");
+        }
+        Ok(Limits {
+            max_disk_bytes: size("max_disk_size", &self.limits.max_disk_size)?,
+            max_ram_bytes: size("max_ram", &self.limits.max_ram)?,
+            max_cpus: self.limits.max_cpus,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.ws_listen.port(), 12150);
+        assert_eq!(c.rest_listen.port(), 12151);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let c = Config::parse(
+            "data_dir = \"/srv/hyve\"\nws_listen = \"127.0.0.1:1\"\n[pools]\ntank = \"/tank\"\n[limits]\nmax_cpus = 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/hyve"));
+        assert_eq!(c.pools["tank"], PathBuf::from("/tank"));
+        assert_eq!(c.limits().unwrap().max_cpus, 8);
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        assert!(Config::parse("ws_lisen = \"127.0.0.1:1\"").is_err());
+        assert!(Config::parse("[limits]\nmax_disk_size = 5").is_err());
+        let mut c = Config::default();
+        c.ws_listen = "0.0.0.0:12150".parse().unwrap();
+        assert!(c.check().unwrap_err().to_string().contains("loopback"));
+        let mut c = Config::default();
+        c.pools.insert("../x".into(), "/x".into());
+        assert!(c.check().is_err());
+        let mut c = Config::default();
+        c.limits.max_ram = "lots".into();
+        assert!(c.check().is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! WebSocket: one JSON request per frame, replies matched by id.
+//!
+//! Each connection has a reader (this task) and a writer task joined by a
+//! bounded queue. Every request runs in its own task, so a slow request
+//! never holds up the next frame or another connection; replies may thus
+//! come back out of order, as the protocol allows.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use hyve_proto::{parse_request, render_error, render_response};
+
+use crate::api::{self, Outcome};
+use crate::App;
+
+/// Frames waiting for the writer, per connection.
+const OUT_QUEUE: usize = 256;
+
+/// The upgrade is accepted on any path, with no subprotocol.
+pub async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| connection(app, socket))
+}
+
+/// Renders an outcome as the frame the client receives.
+pub fn render(head: &hyve_proto::RequestHead, outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Ok(args) | Outcome::ActionError { args, .. } => render_response(head, args),
+        Outcome::Protocol(p) => render_error(head.id.as_deref(), &p),
+    }
+}
+
+async fn connection(app: Arc<App>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = shutdown.changed() => break,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                debug!(error = %e, "websocket read failed");
+                break;
+            }
+        };
+        let req = match parse_request(&text) {
+            Ok(r) => r,
+            Err((id, err)) => {
+                let _ = tx.send(Message::Text(render_error(id.as_deref(), &err).into())).await;
+                continue;
+            }
+        };
+        let (app, tx) = (app.clone(), tx.clone());
+        tokio::spawn(async move {
+            let outcome = api::dispatch(&app, &req).await;
+            let _ = tx.send(Message::Text(render(&req.head, outcome).into())).await;
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
