@@ -52,12 +52,13 @@ pub struct Client {
 impl Client {
     /// Connects to `url` (`ws://host:port`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let (stream, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| ClientError::Connect {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
+        let (stream, _) =
+            tokio_tungstenite::connect_async(url)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
         Ok(Self::start(stream))
     }
 
@@ -115,12 +116,22 @@ impl Client {
     }
 
     /// Sends a request and waits for the whole reply frame.
-    pub async fn request(&self, namespace: &str, name: &str, args: Value) -> Result<Value, ClientError> {
+    pub async fn request(
+        &self,
+        namespace: &str,
+        name: &str,
+        args: Value,
+    ) -> Result<Value, ClientError> {
         let id = format!("hyve-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id.clone(), tx);
         let frame = json!({"namespace": namespace, "name": name, "id": id, "args": args});
-        if self.out.send(Message::Text(frame.to_string().into())).await.is_err() {
+        if self
+            .out
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
             self.pending.lock().unwrap().remove(&id);
             return Err(ClientError::Closed);
         }
@@ -129,7 +140,12 @@ impl Client {
 
     /// Sends a request and returns the reply's `args`, turning an error
     /// frame into [`ClientError::Protocol`].
-    pub async fn call(&self, namespace: &str, name: &str, args: Value) -> Result<Value, ClientError> {
+    pub async fn call(
+        &self,
+        namespace: &str,
+        name: &str,
+        args: Value,
+    ) -> Result<Value, ClientError> {
         let reply = self.request(namespace, name, args).await?;
         if reply["name"] == "error" || reply["namespace"] == "error" {
             let a = &reply["args"];

@@ -19,11 +19,7 @@ use crate::store::{DiskRecord, GuestRecord, SetupRecord, Store};
 use crate::validate::{self, Limits};
 
 /// The text of the `version` action.
-pub const VERSION: &str = concat!(
-    "hyve ",
-    env!("CARGO_PKG_VERSION"),
-    " (iohyve v0.7.3 API)"
-);
+pub const VERSION: &str = concat!("hyve ", env!("CARGO_PKG_VERSION"), " (iohyve v0.7.3 API)");
 
 /// The highest disk number a guest may have.
 const MAX_DISK: u32 = 999;
@@ -97,7 +93,11 @@ impl Engine {
                 guests.insert(rec.name.clone(), rec);
             }
         }
-        info!(guests = guests.len(), setup = setup.is_some(), "inventory loaded");
+        info!(
+            guests = guests.len(),
+            setup = setup.is_some(),
+            "inventory loaded"
+        );
         Ok(Engine {
             store,
             limits,
@@ -286,7 +286,11 @@ impl Engine {
 
     /// `delete`: the guest's folder and every disk. `busy` refuses with a
     /// reason (a running guest) before anything is touched.
-    pub async fn delete(&self, name: &str, busy: impl Fn(&GuestRecord) -> Result<()>) -> Result<()> {
+    pub async fn delete(
+        &self,
+        name: &str,
+        busy: impl Fn(&GuestRecord) -> Result<()>,
+    ) -> Result<()> {
         validate::guest_name(name).map_err(invalid)?;
         let _g = self.guest_locks.lock(name).await;
         let _r = self.registry.lock().await;
@@ -318,7 +322,12 @@ impl Engine {
     }
 
     /// `adddisk`: a new sparse disk numbered one above the highest.
-    pub async fn add_disk(&self, name: &str, size: &str, pool: Option<&str>) -> Result<(String, Size)> {
+    pub async fn add_disk(
+        &self,
+        name: &str,
+        size: &str,
+        pool: Option<&str>,
+    ) -> Result<(String, Size)> {
         validate::guest_name(name).map_err(invalid)?;
         let size = validate::disk_size(size, &self.limits).map_err(invalid)?;
         if let Some(p) = pool {
@@ -417,9 +426,11 @@ impl Engine {
         let _g = self.guest_locks.lock(name).await;
         let current = self.guest(name)?;
         busy(&current)?;
-        let removed = current.disks.get(&n).cloned().ok_or_else(|| {
-            Error::not_found(format!("Guest '{name}' has no disk '{disk}'"))
-        })?;
+        let removed = current
+            .disks
+            .get(&n)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("Guest '{name}' has no disk '{disk}'")))?;
         self.modify(
             name,
             move |rec| {

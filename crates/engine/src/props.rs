@@ -18,8 +18,20 @@ pub const LOADERS: [&str; 3] = ["bhyveload", "grub-bhyve", "uefi"];
 
 /// Guest OS kinds iohyve knows (they pick grub-bhyve's boot recipe).
 pub const OSES: [&str; 14] = [
-    "default", "freebsd", "openbsd", "openbsd57", "openbsd58", "openbsd59", "openbsd60",
-    "netbsd", "debian", "d8lvm", "centos6", "centos7", "arch", "custom",
+    "default",
+    "freebsd",
+    "openbsd",
+    "openbsd57",
+    "openbsd58",
+    "openbsd59",
+    "openbsd60",
+    "netbsd",
+    "debian",
+    "d8lvm",
+    "centos6",
+    "centos7",
+    "arch",
+    "custom",
 ];
 
 /// bhyve flags `bargs` may hold, separated by `_` as iohyve writes them.
@@ -56,10 +68,7 @@ pub const PROPERTIES: [(&str, Access); 15] = [
 ];
 
 pub fn access(prop: &str) -> Option<Access> {
-    PROPERTIES
-        .iter()
-        .find(|(p, _)| *p == prop)
-        .map(|(_, a)| *a)
+    PROPERTIES.iter().find(|(p, _)| *p == prop).map(|(_, a)| *a)
 }
 
 fn settable_list() -> String {
@@ -157,8 +166,9 @@ pub fn check(prop: &str, value: &str, limits: &Limits) -> Result<String, String>
         "boot" | "persist" => one_of(prop, value, &["0", "1"]),
         "loader" => one_of(prop, value, &LOADERS),
         "os" => one_of(prop, value, &OSES),
-        "description" => validate::printable_text("the description", value, 256)
-            .map(|_| value.to_string()),
+        "description" => {
+            validate::printable_text("the description", value, 256).map(|_| value.to_string())
+        }
         "autogrub" => {
             if value.len() > 512 || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
                 return Err(format!(
@@ -188,7 +198,12 @@ pub fn check(prop: &str, value: &str, limits: &Limits) -> Result<String, String>
             .ok_or_else(|| format!("invalid tap {}: expected tapN, such as tap0", quote(value))),
         "con" => device_number(value, "nmdm")
             .map(|n| format!("nmdm{n}"))
-            .ok_or_else(|| format!("invalid con {}: expected nmdmN, such as nmdm0", quote(value))),
+            .ok_or_else(|| {
+                format!(
+                    "invalid con {}: expected nmdmN, such as nmdm0",
+                    quote(value)
+                )
+            }),
         "mac" => mac(value),
         _ => unreachable!("every settable property has a check"),
     }
@@ -245,7 +260,10 @@ mod tests {
         assert_eq!(ok("tap", "tap7"), "tap7");
         assert_eq!(ok("bargs", "-A_-H_-P_-w"), "-A_-H_-P_-w");
         assert_eq!(ok("mac", "52:54:00:AB:cd:01"), "52:54:00:ab:cd:01");
-        assert_eq!(ok("description", "web server, rack 4"), "web server, rack 4");
+        assert_eq!(
+            ok("description", "web server, rack 4"),
+            "web server, rack 4"
+        );
     }
 
     #[test]

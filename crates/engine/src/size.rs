@@ -51,7 +51,7 @@ impl Size {
     pub fn from_bytes(bytes: u64) -> Size {
         for (unit, shift) in UNITS {
             let m = 1u64 << shift;
-            if bytes >= m && bytes % m == 0 {
+            if bytes >= m && bytes.is_multiple_of(m) {
                 return Size {
                     bytes,
                     text: format!("{}{}", bytes / m, unit),
@@ -97,8 +97,20 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         for s in [
-            "", "G", "-1G", "1.5G", "1 G", " 1G", "1GB", "1P", "0x10", "$(id)", "../x", "1e9",
-            "99999999999999999999T", "17179869184T",
+            "",
+            "G",
+            "-1G",
+            "1.5G",
+            "1 G",
+            " 1G",
+            "1GB",
+            "1P",
+            "0x10",
+            "$(id)",
+            "../x",
+            "1e9",
+            "99999999999999999999T",
+            "17179869184T",
         ] {
             assert!(Size::parse(s).is_err(), "{s:?}");
         }

@@ -16,7 +16,7 @@ pub fn quote(s: &str) -> String {
     let mut out = String::from("'");
     for (i, c) in s.chars().enumerate() {
         if i == MAX {
-            out.push_str("…");
+            out.push('…');
             break;
         }
         out.extend(c.escape_debug());
@@ -227,7 +227,9 @@ pub fn ram_size(s: &str, limits: &Limits) -> Result<Size, String> {
 /// Free text (a description): printable, no control characters.
 pub fn printable_text(what: &str, s: &str, max_chars: usize) -> Result<(), String> {
     if s.chars().count() > max_chars {
-        return Err(format!("{what} is too long: at most {max_chars} characters"));
+        return Err(format!(
+            "{what} is too long: at most {max_chars} characters"
+        ));
     }
     if let Some(c) = s.chars().find(|c| c.is_control()) {
         return Err(format!(

@@ -170,7 +170,9 @@ fn request_for(cmd: &ClientCommand) -> Result<(&'static str, Value), Failure> {
                 let key = match k.as_str() {
                     "pool" => "pool",
                     "nic" | "net" => "nic",
-                    other => return Err(usage(format!("setup takes pool= and nic=, not {other}="))),
+                    other => {
+                        return Err(usage(format!("setup takes pool= and nic=, not {other}=")))
+                    }
                 };
                 args[key] = json!(v);
             }
@@ -186,9 +188,10 @@ fn request_for(cmd: &ClientCommand) -> Result<(&'static str, Value), Failure> {
             ("adddisk", a)
         }
         C::Disks { name } => ("listdisks", json!({ "name": name })),
-        C::Resize { name, disk, size } => {
-            ("resizedisk", json!({"name": name, "disk": disk, "size": size}))
-        }
+        C::Resize { name, disk, size } => (
+            "resizedisk",
+            json!({"name": name, "disk": disk, "size": size}),
+        ),
         C::Remove { name, disk } => ("deletedisk", json!({"name": name, "disk": disk})),
         C::Version => ("version", json!({})),
         C::Getall { name } | C::Get { name, .. } => ("getprops", json!({ "name": name })),
@@ -223,7 +226,10 @@ fn human(cmd: &ClientCommand, r: &Value) -> String {
                     ]
                 })
                 .collect();
-            table::render(&["Guest", "VMM?", "Running?", "rcboot?", "Description"], &rows)
+            table::render(
+                &["Guest", "VMM?", "Running?", "rcboot?", "Description"],
+                &rows,
+            )
         }
         C::Isolist => {
             let rows: Vec<Vec<String>> = r
@@ -235,11 +241,18 @@ fn human(cmd: &ClientCommand, r: &Value) -> String {
         C::Renameiso { .. } => format!("Renamed ISO {} to {}\n", s(&r["source"]), s(&r["target"])),
         C::Rmiso { .. } => format!("Removed ISO {}\n", s(&r["target"])),
         C::Setup { .. } => format!("Set up pool {} with nic {}\n", s(&r["pool"]), s(&r["nic"])),
-        C::Create { .. } => format!("Created guest {} with a {} disk0\n", s(&r["name"]), s(&r["size"])),
+        C::Create { .. } => format!(
+            "Created guest {} with a {} disk0\n",
+            s(&r["name"]),
+            s(&r["size"])
+        ),
         C::Delete { .. } => format!("Deleted guest {}\n", s(&r["name"])),
         C::Add { name, .. } => format!("Added a {} disk to {name}\n", s(&r[name]["size"])),
         C::Disks { .. } => {
-            let rows: Vec<Vec<String>> = obj(r).iter().map(|(d, sz)| vec![d.clone(), s(sz)]).collect();
+            let rows: Vec<Vec<String>> = obj(r)
+                .iter()
+                .map(|(d, sz)| vec![d.clone(), s(sz)])
+                .collect();
             table::render(&["Disk", "Size"], &rows)
         }
         C::Resize { .. } => format!(

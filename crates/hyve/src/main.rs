@@ -16,10 +16,19 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "hyve", version, about = "Manage virtual machines through a hyve (SysAdm iohyve) server")]
+#[command(
+    name = "hyve",
+    version,
+    about = "Manage virtual machines through a hyve (SysAdm iohyve) server"
+)]
 struct Cli {
     /// The server to talk to.
-    #[arg(long, global = true, env = "HYVE_SERVER", default_value = "ws://127.0.0.1:12150")]
+    #[arg(
+        long,
+        global = true,
+        env = "HYVE_SERVER",
+        default_value = "ws://127.0.0.1:12150"
+    )]
     server: String,
     /// Print the server's reply as JSON, for scripts.
     #[arg(long, global = true)]

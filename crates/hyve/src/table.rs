@@ -33,7 +33,10 @@ mod tests {
     fn columns_align() {
         let t = super::render(
             &["Guest", "VMM?"],
-            &[vec!["a".into(), "NO".into()], vec!["longname".into(), "YES".into()]],
+            &[
+                vec!["a".into(), "NO".into()],
+                vec!["longname".into(), "YES".into()],
+            ],
         );
         assert_eq!(t, "Guest     VMM?\na         NO\nlongname  YES\n");
     }

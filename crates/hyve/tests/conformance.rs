@@ -15,7 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 fn assert_shape(actual: &Value, tmpl: &Value, path: &str) {
     match tmpl {
         Value::String(s) if s == "*" => {
-            assert!(actual.is_string(), "{path}: expected a string, got {actual}")
+            assert!(
+                actual.is_string(),
+                "{path}: expected a string, got {actual}"
+            )
         }
         Value::Object(t) => {
             let a = actual
@@ -35,26 +38,77 @@ fn assert_shape(actual: &Value, tmpl: &Value, path: &str) {
 /// reply match the document's example, with the expected reply args.
 fn sequence() -> Vec<(Value, Value)> {
     vec![
-        (json!({"action": "issetup"}), json!({"issetup": {"setup": "false"}})),
-        (json!({"nic": "re0", "pool": "tank", "action": "setup"}), json!({"setup": {"nic": "re0", "pool": "tank"}})),
-        (json!({"action": "issetup"}), json!({"issetup": {"setup": "true"}})),
-        (json!({"action": "create", "name": "bsdguest", "size": "10G"}), json!({"create": {"name": "bsdguest", "size": "10G"}})),
-        (json!({"name": "bsdguest", "action": "listdisks"}), json!({"listdisks": {"disk0": "10G"}})),
-        (json!({"action": "getprops", "name": "bsdguest"}), json!({"getprops": {"bsdguest": {
+        (
+            json!({"action": "issetup"}),
+            json!({"issetup": {"setup": "false"}}),
+        ),
+        (
+            json!({"nic": "re0", "pool": "tank", "action": "setup"}),
+            json!({"setup": {"nic": "re0", "pool": "tank"}}),
+        ),
+        (
+            json!({"action": "issetup"}),
+            json!({"issetup": {"setup": "true"}}),
+        ),
+        (
+            json!({"action": "create", "name": "bsdguest", "size": "10G"}),
+            json!({"create": {"name": "bsdguest", "size": "10G"}}),
+        ),
+        (
+            json!({"name": "bsdguest", "action": "listdisks"}),
+            json!({"listdisks": {"disk0": "10G"}}),
+        ),
+        (
+            json!({"action": "getprops", "name": "bsdguest"}),
+            json!({"getprops": {"bsdguest": {
             "autogrub": "\\n", "bargs": "-A_-H_-P", "boot": "0", "con": "nmdm0", "cpu": "1",
             "description": "*", "install": "no", "loader": "bhyveload", "name": "bsdguest",
-            "os": "default", "persist": "1", "ram": "256M", "size": "10G", "tap": "tap0"}}})),
-        (json!({"ram": "512M", "name": "bsdguest", "action": "setprop"}), json!({"setprop": {"bsdguest": {"ram": "512M"}}})),
-        (json!({"action": "listvms"}), json!({"listvms": {"bsdguest": {"description": "*", "rcboot": "NO", "running": "NO", "vmm": "NO"}}})),
-        (json!({"name": "bsdguest", "action": "adddisk", "size": "10G"}), json!({"adddisk": {"bsdguest": {"size": "10G"}}})),
-        (json!({"disk": "disk0", "name": "bsdguest", "action": "resizedisk", "size": "20G"}), json!({"resizedisk": {"disk": "disk0", "name": "bsdguest", "size": "20G"}})),
-        (json!({"disk": "disk1", "name": "bsdguest", "action": "deletedisk"}), json!({"deletedisk": {"disk": "disk1", "name": "bsdguest"}})),
-        (json!({"action": "listisos"}), json!({"listisos": ["FreeBSD-10.2-RELEASE-amd64-bootonly.iso", "TRUEOS10.2-RELEASE-08-19-2015-x64-netinstall.iso", "test.iso"]})),
-        (json!({"source": "test.iso", "target": "102.iso", "action": "renameiso"}), json!({"renameiso": {"source": "test.iso", "target": "102.iso"}})),
-        (json!({"action": "rmiso", "target": "FreeBSD-10.2-RELEASE-amd64-bootonly.iso"}), json!({"rmiso": {"target": "FreeBSD-10.2-RELEASE-amd64-bootonly.iso"}})),
-        (json!({"action": "listisos"}), json!({"listisos": ["102.iso", "TRUEOS10.2-RELEASE-08-19-2015-x64-netinstall.iso"]})),
-        (json!({"action": "version"}), json!({"version": {"version": "*"}})),
-        (json!({"action": "delete", "name": "bsdguest"}), json!({"delete": {"name": "bsdguest"}})),
+            "os": "default", "persist": "1", "ram": "256M", "size": "10G", "tap": "tap0"}}}),
+        ),
+        (
+            json!({"ram": "512M", "name": "bsdguest", "action": "setprop"}),
+            json!({"setprop": {"bsdguest": {"ram": "512M"}}}),
+        ),
+        (
+            json!({"action": "listvms"}),
+            json!({"listvms": {"bsdguest": {"description": "*", "rcboot": "NO", "running": "NO", "vmm": "NO"}}}),
+        ),
+        (
+            json!({"name": "bsdguest", "action": "adddisk", "size": "10G"}),
+            json!({"adddisk": {"bsdguest": {"size": "10G"}}}),
+        ),
+        (
+            json!({"disk": "disk0", "name": "bsdguest", "action": "resizedisk", "size": "20G"}),
+            json!({"resizedisk": {"disk": "disk0", "name": "bsdguest", "size": "20G"}}),
+        ),
+        (
+            json!({"disk": "disk1", "name": "bsdguest", "action": "deletedisk"}),
+            json!({"deletedisk": {"disk": "disk1", "name": "bsdguest"}}),
+        ),
+        (
+            json!({"action": "listisos"}),
+            json!({"listisos": ["FreeBSD-10.2-RELEASE-amd64-bootonly.iso", "TRUEOS10.2-RELEASE-08-19-2015-x64-netinstall.iso", "test.iso"]}),
+        ),
+        (
+            json!({"source": "test.iso", "target": "102.iso", "action": "renameiso"}),
+            json!({"renameiso": {"source": "test.iso", "target": "102.iso"}}),
+        ),
+        (
+            json!({"action": "rmiso", "target": "FreeBSD-10.2-RELEASE-amd64-bootonly.iso"}),
+            json!({"rmiso": {"target": "FreeBSD-10.2-RELEASE-amd64-bootonly.iso"}}),
+        ),
+        (
+            json!({"action": "listisos"}),
+            json!({"listisos": ["102.iso", "TRUEOS10.2-RELEASE-08-19-2015-x64-netinstall.iso"]}),
+        ),
+        (
+            json!({"action": "version"}),
+            json!({"version": {"version": "*"}}),
+        ),
+        (
+            json!({"action": "delete", "name": "bsdguest"}),
+            json!({"delete": {"name": "bsdguest"}}),
+        ),
         (json!({"action": "listvms"}), json!({"listvms": {}})),
     ]
 }
@@ -62,7 +116,11 @@ fn sequence() -> Vec<(Value, Value)> {
 /// Puts the ISOs the document's examples name in the store, once setup has
 /// made it (fetchiso has its own tests).
 fn place_isos(data_dir: &std::path::Path) {
-    for iso in ["test.iso", "FreeBSD-10.2-RELEASE-amd64-bootonly.iso", "TRUEOS10.2-RELEASE-08-19-2015-x64-netinstall.iso"] {
+    for iso in [
+        "test.iso",
+        "FreeBSD-10.2-RELEASE-amd64-bootonly.iso",
+        "TRUEOS10.2-RELEASE-08-19-2015-x64-netinstall.iso",
+    ] {
         std::fs::write(iso_dir(data_dir).join(iso), b"iso").unwrap();
     }
 }
@@ -81,7 +139,9 @@ async fn every_documented_request_over_websocket() {
     let (mut ws, _) = tokio_tungstenite::connect_async(&server.ws).await.unwrap();
     for (body, expected) in sequence() {
         let frame = json!({"namespace": "sysadm", "name": "iohyve", "id": "fooid", "args": body});
-        ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
         let text = loop {
             match ws.next().await.unwrap().unwrap() {
                 Message::Text(t) => break t.to_string(),
@@ -118,7 +178,11 @@ async fn every_documented_request_over_rest() {
         let text = r.text().await.unwrap();
         assert_canonical(&text);
         let reply: Value = serde_json::from_str(&text).unwrap();
-        assert_shape(&reply, &json!({ "args": expected }), &format!("rest {}", body["action"]));
+        assert_shape(
+            &reply,
+            &json!({ "args": expected }),
+            &format!("rest {}", body["action"]),
+        );
         if body["action"] == "setup" {
             place_isos(dir.path());
         }
@@ -141,17 +205,33 @@ async fn envelope_details() {
         }
     };
     // Routing is case-insensitive and the namespace is echoed as sent.
-    let r = roundtrip(r#"{"namespace":"SysAdm","name":"IOHYVE","id":"a1","args":{"action":"version"}}"#.into()).await;
+    let r = roundtrip(
+        r#"{"namespace":"SysAdm","name":"IOHYVE","id":"a1","args":{"action":"version"}}"#.into(),
+    )
+    .await;
     assert_eq!(r["namespace"], "SysAdm");
     assert_eq!(r["name"], "response");
     // Without args, the whole object is the args.
-    let r = roundtrip(r#"{"namespace":"sysadm","name":"iohyve","id":"a2","action":"issetup"}"#.into()).await;
+    let r =
+        roundtrip(r#"{"namespace":"sysadm","name":"iohyve","id":"a2","action":"issetup"}"#.into())
+            .await;
     assert_eq!(r["args"], json!({"issetup": {"setup": "false"}}));
     // Without an id the original put the request's name where "response" goes.
-    let r = roundtrip(r#"{"namespace":"sysadm","name":"iohyve","args":{"action":"issetup"}}"#.into()).await;
-    assert_eq!((r["id"].clone(), r["name"].clone()), (json!(""), json!("iohyve")));
+    let r =
+        roundtrip(r#"{"namespace":"sysadm","name":"iohyve","args":{"action":"issetup"}}"#.into())
+            .await;
+    assert_eq!(
+        (r["id"].clone(), r["name"].clone()),
+        (json!(""), json!("iohyve"))
+    );
     // Binary frames are read as UTF-8 text.
-    ws.send(Message::Binary(br#"{"namespace":"sysadm","name":"iohyve","id":"b","args":{"action":"issetup"}}"#.to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(
+        br#"{"namespace":"sysadm","name":"iohyve","id":"b","args":{"action":"issetup"}}"#
+            .to_vec()
+            .into(),
+    ))
+    .await
+    .unwrap();
     let r = loop {
         if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
             break serde_json::from_str::<Value>(&t).unwrap();

@@ -155,8 +155,12 @@ pub fn json_type_name(v: &Value) -> &'static str {
 /// On failure the error carries the request id when one could be read, so the
 /// client can still match the error frame to its request.
 pub fn parse_request(text: &str) -> Result<Request, (Option<String>, ProtocolError)> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| (None, ProtocolError::bad_request(format!("malformed JSON: {e}"))))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            ProtocolError::bad_request(format!("malformed JSON: {e}")),
+        )
+    })?;
     request_from_value(value)
 }
 
@@ -178,8 +182,12 @@ pub fn request_from_value(value: Value) -> Result<Request, (Option<String>, Prot
             ProtocolError::bad_request(format!("missing namespace: {e}")),
         )
     })?;
-    let name = read_required(&obj, "name")
-        .map_err(|e| (id.clone(), ProtocolError::bad_request(format!("missing name: {e}"))))?;
+    let name = read_required(&obj, "name").map_err(|e| {
+        (
+            id.clone(),
+            ProtocolError::bad_request(format!("missing name: {e}")),
+        )
+    })?;
     let args = match obj.remove("args") {
         Some(a) => a,
         None => Value::Object(obj),
@@ -256,8 +264,8 @@ mod tests {
 
     #[test]
     fn without_args_the_whole_object_is_the_args() {
-        let r = parse_request(r#"{"namespace":"sysadm","name":"iohyve","action":"listvms"}"#)
-            .unwrap();
+        let r =
+            parse_request(r#"{"namespace":"sysadm","name":"iohyve","action":"listvms"}"#).unwrap();
         assert_eq!(r.args["action"], "listvms");
         assert_eq!(r.head.id, None);
     }

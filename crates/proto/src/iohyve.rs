@@ -290,10 +290,7 @@ impl Args<'_> {
     }
 
     fn opt(&self, key: &str) -> Result<Option<String>, ParseError> {
-        self.obj
-            .get(key)
-            .map(|v| self.string(key, v))
-            .transpose()
+        self.obj.get(key).map(|v| self.string(key, v)).transpose()
     }
 
     fn flag(&self, key: &str) -> Result<bool, ParseError> {
@@ -458,17 +455,41 @@ mod tests {
     #[test]
     fn missing_keys_use_the_original_wording() {
         let cases = [
-            (json!({"action": "create"}), "Missing required key(s) 'name/size'"),
-            (json!({"action": "create", "name": "a"}), "Missing required key(s) 'name/size'"),
+            (
+                json!({"action": "create"}),
+                "Missing required key(s) 'name/size'",
+            ),
+            (
+                json!({"action": "create", "name": "a"}),
+                "Missing required key(s) 'name/size'",
+            ),
             (json!({"action": "delete"}), "Missing required key 'name'"),
-            (json!({"action": "adddisk", "size": "1G"}), "Missing required key(s) 'name', 'size'"),
-            (json!({"action": "setup", "pool": "tank"}), "Missing required key(s) 'pool / nic'"),
-            (json!({"action": "renameiso"}), "Missing required key(s) 'source / target'"),
+            (
+                json!({"action": "adddisk", "size": "1G"}),
+                "Missing required key(s) 'name', 'size'",
+            ),
+            (
+                json!({"action": "setup", "pool": "tank"}),
+                "Missing required key(s) 'pool / nic'",
+            ),
+            (
+                json!({"action": "renameiso"}),
+                "Missing required key(s) 'source / target'",
+            ),
             (json!({"action": "rmiso"}), "Missing required key 'target'"),
             (json!({"action": "fetchiso"}), "Missing required key 'url'"),
-            (json!({"action": "resizedisk", "name": "a"}), "Missing required key(s) 'name/disk/size'"),
-            (json!({"action": "deletedisk", "name": "a"}), "Missing required key(s) 'name/disk'"),
-            (json!({"action": "install", "name": "a"}), "Missing required key(s) 'name/iso'"),
+            (
+                json!({"action": "resizedisk", "name": "a"}),
+                "Missing required key(s) 'name/disk/size'",
+            ),
+            (
+                json!({"action": "deletedisk", "name": "a"}),
+                "Missing required key(s) 'name/disk'",
+            ),
+            (
+                json!({"action": "install", "name": "a"}),
+                "Missing required key(s) 'name/iso'",
+            ),
         ];
         for (v, msg) in cases {
             assert_eq!(action_err(v).1, msg);
@@ -503,7 +524,8 @@ mod tests {
 
     #[test]
     fn setprop_collects_properties() {
-        let r = parse(&json!({"action": "setprop", "name": "g", "ram": "512M", "cpu": "2"})).unwrap();
+        let r =
+            parse(&json!({"action": "setprop", "name": "g", "ram": "512M", "cpu": "2"})).unwrap();
         let IohyveRequest::SetProp { name, props } = r else {
             panic!()
         };

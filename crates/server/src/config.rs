@@ -28,7 +28,7 @@ pub struct Config {
     pub limits: LimitsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Serve wss:// and https:// (`--no-tls` turns it off, loopback only).
@@ -53,13 +53,6 @@ impl Default for LimitsConfig {
             max_ram: "1T".into(),
             max_cpus: 128,
         }
-    }
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        // Plain transports until TLS is configured; loopback only (checked).
-        TlsConfig { enabled: false }
     }
 }
 
@@ -107,8 +100,7 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", p.display()))?;
-                Self::parse(&text)
-                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
+                Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
             }
             None => Config::default(),
         };
@@ -145,7 +137,10 @@ impl Config {
         }
         self.limits()?;
         if !self.tls.enabled {
-            for (what, addr) in [("ws_listen", self.ws_listen), ("rest_listen", self.rest_listen)] {
+            for (what, addr) in [
+                ("ws_listen", self.ws_listen),
+                ("rest_listen", self.rest_listen),
+            ] {
                 if !addr.ip().is_loopback() {
                     anyhow::bail!(
                         "{what} {addr} is not a loopback address: without TLS the server only listens on loopback"
@@ -200,8 +195,10 @@ mod tests {
     fn mistakes_are_errors() {
         assert!(Config::parse("ws_lisen = \"127.0.0.1:1\"").is_err());
         assert!(Config::parse("[limits]\nmax_disk_size = 5").is_err());
-        let mut c = Config::default();
-        c.ws_listen = "0.0.0.0:12150".parse().unwrap();
+        let c = Config {
+            ws_listen: "0.0.0.0:12150".parse().unwrap(),
+            ..Config::default()
+        };
         assert!(c.check().unwrap_err().to_string().contains("loopback"));
         let mut c = Config::default();
         c.pools.insert("../x".into(), "/x".into());

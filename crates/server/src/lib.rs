@@ -25,6 +25,7 @@ pub mod api;
 pub mod config;
 pub mod datadir;
 pub mod rest;
+pub mod session;
 pub mod ws;
 
 pub use config::{Config, Overrides};
@@ -88,7 +89,10 @@ impl Server {
 
     /// Serves until `stop` resolves, then closes every connection and
     /// returns once in-flight requests are answered (at most 10 s).
-    pub async fn serve(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let scheme = if self.app.config.tls.enabled { "s" } else { "" };
         info!(
             "listening ws=ws{scheme}://{} rest=http{scheme}://{}",
@@ -111,9 +115,16 @@ impl Server {
             let mut rx = app.shutdown.subscribe();
             let _ = rx.wait_for(|s| *s).await;
         };
-        let ws = axum::serve(self.ws, ws_router).with_graceful_shutdown(wait(self.app.clone()));
-        let rest =
-            axum::serve(self.rest, rest_router).with_graceful_shutdown(wait(self.app.clone()));
+        let ws = axum::serve(
+            self.ws,
+            ws_router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(wait(self.app.clone()));
+        let rest = axum::serve(
+            self.rest,
+            rest_router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(wait(self.app.clone()));
         let both = async { tokio::try_join!(ws.into_future(), rest.into_future()) };
         let mut rx = self.app.shutdown.subscribe();
         tokio::select! {

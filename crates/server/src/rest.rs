@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -13,6 +15,7 @@ use serde_json::{json, Value};
 use hyve_proto::{ErrorCode, ProtocolError, Request, RequestHead};
 
 use crate::api::{self, Outcome};
+use crate::session::Session;
 use crate::App;
 
 fn reply(outcome: &Outcome) -> Response {
@@ -35,7 +38,13 @@ fn protocol(code: ErrorCode, detail: String) -> Response {
 }
 
 /// Every path lands here; `/<namespace>/<name>` is routed, the rest is 404.
-pub async fn handle(State(app): State<Arc<App>>, method: Method, uri: Uri, body: Bytes) -> Response {
+pub async fn handle(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     if !matches!(method, Method::GET | Method::PUT | Method::POST) {
         let mut r = protocol(
             ErrorCode::BadRequest,
@@ -76,6 +85,7 @@ pub async fn handle(State(app): State<Arc<App>>, method: Method, uri: Uri, body:
         },
         args,
     };
-    let outcome = api::dispatch(&app, &req).await;
+    let session = Session::rest(peer);
+    let outcome = api::dispatch(&app, &session, &req).await;
     reply(&outcome)
 }

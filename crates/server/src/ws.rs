@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -17,14 +19,19 @@ use tracing::debug;
 use hyve_proto::{parse_request, render_error, render_response};
 
 use crate::api::{self, Outcome};
+use crate::session::Session;
 use crate::App;
 
 /// Frames waiting for the writer, per connection.
 const OUT_QUEUE: usize = 256;
 
 /// The upgrade is accepted on any path, with no subprotocol.
-pub async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| connection(app, socket))
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| connection(app, peer, socket))
 }
 
 /// Renders an outcome as the frame the client receives.
@@ -35,7 +42,7 @@ pub fn render(head: &hyve_proto::RequestHead, outcome: Outcome) -> String {
     }
 }
 
-async fn connection(app: Arc<App>, socket: WebSocket) {
+async fn connection(app: Arc<App>, peer: SocketAddr, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
@@ -46,6 +53,7 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
         }
         let _ = sink.close().await;
     });
+    let session = Arc::new(Session::websocket(peer, tx.clone()));
     let mut shutdown = app.shutdown.subscribe();
     loop {
         let msg = tokio::select! {
@@ -65,16 +73,21 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
         let req = match parse_request(&text) {
             Ok(r) => r,
             Err((id, err)) => {
-                let _ = tx.send(Message::Text(render_error(id.as_deref(), &err).into())).await;
+                let _ = tx
+                    .send(Message::Text(render_error(id.as_deref(), &err).into()))
+                    .await;
                 continue;
             }
         };
-        let (app, tx) = (app.clone(), tx.clone());
+        let (app, tx, session) = (app.clone(), tx.clone(), session.clone());
         tokio::spawn(async move {
-            let outcome = api::dispatch(&app, &req).await;
-            let _ = tx.send(Message::Text(render(&req.head, outcome).into())).await;
+            let outcome = api::dispatch(&app, &session, &req).await;
+            let _ = tx
+                .send(Message::Text(render(&req.head, outcome).into()))
+                .await;
         });
     }
     drop(tx);
+    drop(session);
     let _ = writer.await;
 }

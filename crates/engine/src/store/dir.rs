@@ -217,7 +217,11 @@ impl DirStore {
                     changed = true;
                 }
                 Ok(m) if m.len() < d.bytes => {
-                    warn!(guest = name, disk = n, "disk image is shorter than recorded")
+                    warn!(
+                        guest = name,
+                        disk = n,
+                        "disk image is shorter than recorded"
+                    )
                 }
                 Ok(_) => {}
                 Err(err) => warn!(guest = name, disk = n, %err, "disk image is missing"),
@@ -247,9 +251,8 @@ impl Store for DirStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let f: SetupFile = toml::from_str(&text).map_err(|e| {
-            Error::internal(format!("{} does not parse: {e}", path.display()))
-        })?;
+        let f: SetupFile = toml::from_str(&text)
+            .map_err(|e| Error::internal(format!("{} does not parse: {e}", path.display())))?;
         Ok(Some(SetupRecord {
             pool: f.pool,
             nic: f.nic,

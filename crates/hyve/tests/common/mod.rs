@@ -33,14 +33,21 @@ impl TestServer {
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> TestServer {
         let mut cmd = Command::new(HYVE);
-        cmd.args(["serve", "--no-tls", "--ws-listen", "127.0.0.1:0", "--rest-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--no-tls",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--rest-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn hyve serve");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -101,7 +108,10 @@ impl TestServer {
             Some("application/json")
         );
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -146,8 +156,16 @@ impl Drop for TestServer {
 /// One entry of a data dir snapshot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Entry {
-    Dir { mode: u32 },
-    File { mode: u32, len: u64, ino: u64, mtime_ns: i128, content: Option<Vec<u8>> },
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        len: u64,
+        ino: u64,
+        mtime_ns: i128,
+        content: Option<Vec<u8>>,
+    },
     Link(PathBuf),
 }
 
@@ -184,7 +202,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
 }
 
 /// Asserts two snapshots are equal, naming the first difference.
-pub fn assert_unchanged(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>, what: &str) {
+pub fn assert_unchanged(
+    before: &BTreeMap<PathBuf, Entry>,
+    after: &BTreeMap<PathBuf, Entry>,
+    what: &str,
+) {
     for (p, e) in before {
         match after.get(p) {
             None => panic!("{what}: {} disappeared", p.display()),
@@ -199,7 +221,10 @@ pub fn assert_unchanged(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<Path
 
 /// A fresh data dir (removed when the returned guard drops).
 pub fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("hyve-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("hyve-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Makes the server set up with pool `tank` and nic `re0`.

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use hyve_engine::Error;
 use hyve_proto::{ErrorCode, ProtocolError, Request};
 
+use crate::session::Session;
 use crate::App;
 
 pub mod iohyve;
@@ -43,7 +44,8 @@ impl Outcome {
 }
 
 /// Routes one request to its class.
-pub async fn dispatch(app: &App, req: &Request) -> Outcome {
+pub async fn dispatch(app: &App, session: &Session, req: &Request) -> Outcome {
+    let _ = session;
     match req.route().as_str() {
         "sysadm/iohyve" => iohyve::handle(app, &req.args).await,
         other => Outcome::Protocol(ProtocolError::new(
