@@ -67,7 +67,7 @@ pub enum ClientCommand {
 }
 
 /// An error for the user: the sentence and the exit status.
-struct Failure(String, u8);
+pub struct Failure(pub String, pub u8);
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
@@ -137,7 +137,7 @@ async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<Str
             return Ok("Not deleted.\n".into());
         }
     }
-    let client = Client::connect(server).await?;
+    let client = connect(server).await?;
     let result = client.iohyve(action, args).await?;
     if let ClientCommand::Get { name, prop } = &cmd {
         if result[name].get(prop).is_none() {
@@ -154,6 +154,11 @@ async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<Str
         ));
     }
     Ok(human(&cmd, &result))
+}
+
+/// Opens a connection to the server; every command connects through here.
+pub async fn connect(server: &str) -> Result<Client, Failure> {
+    Ok(Client::connect(server).await?)
 }
 
 /// The action and arguments a command sends.

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -136,18 +136,13 @@ fn assert_canonical(text: &str) {
 async fn every_documented_request_over_websocket() {
     let dir = data_dir();
     let server = TestServer::start(dir.path());
-    let (mut ws, _) = tokio_tungstenite::connect_async(&server.ws).await.unwrap();
+    let mut ws = server.raw_ws("/").await;
     for (body, expected) in sequence() {
         let frame = json!({"namespace": "sysadm", "name": "iohyve", "id": "fooid", "args": body});
         ws.send(Message::Text(frame.to_string().into()))
             .await
             .unwrap();
-        let text = loop {
-            match ws.next().await.unwrap().unwrap() {
-                Message::Text(t) => break t.to_string(),
-                _ => continue,
-            }
-        };
+        let text = next_text(&mut ws).await;
         assert_canonical(&text);
         let reply: Value = serde_json::from_str(&text).unwrap();
         assert_shape(
@@ -193,33 +188,28 @@ async fn every_documented_request_over_rest() {
 async fn envelope_details() {
     let dir = data_dir();
     let server = TestServer::start(dir.path());
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/any/path", server.ws))
-        .await
-        .unwrap();
-    let mut roundtrip = async |text: String| -> Value {
-        ws.send(Message::Text(text.into())).await.unwrap();
-        loop {
-            if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
-                return serde_json::from_str(&t).unwrap();
-            }
-        }
-    };
+    let mut ws = server.raw_ws("/any/path").await;
     // Routing is case-insensitive and the namespace is echoed as sent.
     let r = roundtrip(
-        r#"{"namespace":"SysAdm","name":"IOHYVE","id":"a1","args":{"action":"version"}}"#.into(),
+        &mut ws,
+        r#"{"namespace":"SysAdm","name":"IOHYVE","id":"a1","args":{"action":"version"}}"#,
     )
     .await;
     assert_eq!(r["namespace"], "SysAdm");
     assert_eq!(r["name"], "response");
     // Without args, the whole object is the args.
-    let r =
-        roundtrip(r#"{"namespace":"sysadm","name":"iohyve","id":"a2","action":"issetup"}"#.into())
-            .await;
+    let r = roundtrip(
+        &mut ws,
+        r#"{"namespace":"sysadm","name":"iohyve","id":"a2","action":"issetup"}"#,
+    )
+    .await;
     assert_eq!(r["args"], json!({"issetup": {"setup": "false"}}));
     // Without an id the original put the request's name where "response" goes.
-    let r =
-        roundtrip(r#"{"namespace":"sysadm","name":"iohyve","args":{"action":"issetup"}}"#.into())
-            .await;
+    let r = roundtrip(
+        &mut ws,
+        r#"{"namespace":"sysadm","name":"iohyve","args":{"action":"issetup"}}"#,
+    )
+    .await;
     assert_eq!(
         (r["id"].clone(), r["name"].clone()),
         (json!(""), json!("iohyve"))
@@ -232,10 +222,6 @@ async fn envelope_details() {
     ))
     .await
     .unwrap();
-    let r = loop {
-        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
-            break serde_json::from_str::<Value>(&t).unwrap();
-        }
-    };
+    let r = next_json(&mut ws).await;
     assert_eq!(r["id"], "b");
 }

@@ -14,6 +14,51 @@ use serde_json::Value;
 
 pub use hyve_client::Client;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+pub type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends one text frame and returns the next text frame, parsed.
+pub async fn roundtrip(ws: &mut RawWs, text: &str) -> Value {
+    ws.send(Message::Text(text.to_string().into()))
+        .await
+        .unwrap();
+    next_json(ws).await
+}
+
+/// The next text (or binary) frame, parsed as JSON.
+pub async fn next_json(ws: &mut RawWs) -> Value {
+    next_text(ws).await.parse_json()
+}
+
+/// The next text (or binary) frame, as text.
+pub async fn next_text(ws: &mut RawWs) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("no frame within 30 s")
+            .expect("connection closed")
+            .expect("read failed")
+        {
+            Message::Text(t) => return t.to_string(),
+            Message::Binary(b) => return String::from_utf8_lossy(&b).into_owned(),
+            _ => continue,
+        }
+    }
+}
+
+trait ParseJson {
+    fn parse_json(&self) -> Value;
+}
+
+impl ParseJson for String {
+    fn parse_json(&self) -> Value {
+        serde_json::from_str(self).unwrap_or_else(|e| panic!("not JSON ({e}): {self}"))
+    }
+}
+
 pub const HYVE: &str = env!("CARGO_BIN_EXE_hyve");
 
 /// A running server process.
@@ -90,8 +135,19 @@ impl TestServer {
         }
     }
 
+    /// A ready client (every test goes through here, so that connection
+    /// details such as TLS and login live in one place).
     pub async fn client(&self) -> Client {
         Client::connect(&self.ws).await.expect("connect")
+    }
+
+    /// A raw WebSocket on `path`, ready for requests, for tests that need
+    /// to see or send exact frames.
+    pub async fn raw_ws(&self, path: &str) -> RawWs {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{}{path}", self.ws))
+            .await
+            .expect("connect");
+        ws
     }
 
     /// `PUT /sysadm/iohyve` with `body`: (status, reply body).
