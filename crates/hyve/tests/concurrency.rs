@@ -73,10 +73,10 @@ async fn worker(c: Client, i: usize) -> Result<usize, String> {
                 .await,
         )?;
         check(c.iohyve("listvms", json!({})).await)?;
-        if (i + round) % 3 == 0 {
+        if (i + round).is_multiple_of(3) {
             check(c.iohyve("delete", json!({"name": shared})).await)?;
         }
-        if round < 2 || i % 2 == 0 {
+        if round < 2 || i.is_multiple_of(2) {
             check(c.iohyve("delete", json!({"name": own})).await)?;
         }
     }
