@@ -507,6 +507,38 @@ impl Engine {
         .map(|_| ())
     }
 
+    /// Sets properties the server manages itself while the caller already
+    /// holds the guest's lock (from [`Engine::guest_lock`]), as start does.
+    pub async fn set_internal_props_held(
+        &self,
+        _held: &crate::keyed_lock::KeyedGuard<'_>,
+        name: &str,
+        changes: &[(&str, String)],
+    ) -> Result<()> {
+        let c: Vec<(String, String)> = changes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        self.modify(
+            name,
+            move |rec| {
+                rec.props.extend(c);
+                Ok(())
+            },
+            |store, rec| store.save_guest(rec),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether any guest but `except` has property `key` set to `value`.
+    pub fn prop_in_use(&self, key: &str, value: &str, except: &str) -> bool {
+        self.read()
+            .guests
+            .values()
+            .any(|g| g.name != except && g.prop(key) == value)
+    }
+
     // ---- ISOs ----------------------------------------------------------
 
     /// `listisos`: complete ISOs only, sorted.

@@ -13,6 +13,7 @@ pub mod props;
 pub mod size;
 pub mod store;
 pub mod validate;
+pub mod vmm;
 
 pub use engine::{Engine, VmSummary, VERSION};
 pub use error::{Error, ErrorKind, Result};

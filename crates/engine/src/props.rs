@@ -209,6 +209,13 @@ pub fn check(prop: &str, value: &str, limits: &Limits) -> Result<String, String>
     }
 }
 
+/// A fresh MAC address in QEMU's locally administered range 52:54:00,
+/// from a random source.
+pub fn random_mac() -> String {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
 /// A unicast Ethernet address, stored in lower case with colons.
 pub fn mac(value: &str) -> Result<String, String> {
     let bad = || {
@@ -260,6 +267,9 @@ mod tests {
         assert_eq!(ok("tap", "tap7"), "tap7");
         assert_eq!(ok("bargs", "-A_-H_-P_-w"), "-A_-H_-P_-w");
         assert_eq!(ok("mac", "52:54:00:AB:cd:01"), "52:54:00:ab:cd:01");
+        let m = random_mac();
+        assert_eq!(mac(&m), Ok(m.clone()));
+        assert!(m.starts_with("52:54:00:"));
         assert_eq!(
             ok("description", "web server, rack 4"),
             "web server, rack 4"

@@ -161,6 +161,18 @@ pub fn disk_name(s: &str) -> Result<u32, String> {
     n.parse().map_err(|_| bad())
 }
 
+/// The `bytes` of `consolelog`: a whole number from 1 to `max`.
+pub fn console_bytes(s: &str, max: usize) -> Result<usize, String> {
+    let bad = || format!("invalid bytes {}: expected a whole number from 1 to {max}", quote(s));
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
 /// Bounds on sizes, from the config.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -279,6 +291,14 @@ mod tests {
         nic_name("enp0s3").unwrap();
         assert_eq!(disk_name("disk0"), Ok(0));
         assert_eq!(disk_name("disk12"), Ok(12));
+    }
+
+    #[test]
+    fn console_bytes_are_bounded() {
+        assert_eq!(console_bytes("100", 65536), Ok(100));
+        for s in ["0", "-1", "1e3", "", "65537", " 5", "99999999999999"] {
+            assert!(console_bytes(s, 65536).is_err(), "{s}");
+        }
     }
 
     #[test]
