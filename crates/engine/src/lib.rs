@@ -19,3 +19,4 @@ pub use engine::{Engine, VmSummary, VERSION};
 pub use error::{Error, ErrorKind, Result};
 pub use size::Size;
 pub use validate::Limits;
+pub use vmm::{Boot, Vmm, VmmConfig};

@@ -27,6 +27,27 @@ pub enum ClientCommand {
         #[arg(required = true, value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// Boot a guest from an ISO (CD first, then its disks) to install it.
+    Install { name: String, iso: String },
+    /// Start a guest from its disk0.
+    Start { name: String },
+    /// Stop a guest: the ACPI power button, then power off after the
+    /// server's stop_timeout. The outcome shows in `hyve list`.
+    Stop {
+        name: String,
+        /// Power off at once.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Attach to a guest's serial console (type `~.` at the start of a line to leave).
+    Console { name: String },
+    /// Print a guest's recent console output.
+    Consolelog {
+        name: String,
+        /// At most this many bytes from the end.
+        #[arg(long)]
+        bytes: Option<String>,
+    },
     /// Create a guest with a disk0 of the given size (512M, 10G...).
     Create { name: String, size: String },
     /// Delete a guest and all its disks.
@@ -130,6 +151,9 @@ fn s(v: &Value) -> String {
 }
 
 async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<String, Failure> {
+    if let ClientCommand::Console { name } = &cmd {
+        return crate::console::run(server, name).await;
+    }
     // Arguments are checked before connecting, so usage errors need no server.
     let (action, args) = request_for(&cmd)?;
     if let ClientCommand::Delete { name, force: false } = &cmd {
@@ -161,6 +185,27 @@ pub async fn connect(server: &str) -> Result<Client, Failure> {
     Ok(Client::connect(server).await?)
 }
 
+/// Opens a guest's console; the console connects through here.
+pub async fn connect_console(server: &str, guest: &str) -> Result<crate::console::Ws, Failure> {
+    hyve_engine::validate::guest_name(guest).map_err(usage)?;
+    let url = format!("{}/console/{guest}", server.trim_end_matches('/'));
+    match tokio_tungstenite::connect_async(&url).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            let body = r
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err(Failure(
+                if body.is_empty() { format!("the server refused the console ({})", r.status()) } else { body },
+                EXIT_FAILED,
+            ))
+        }
+        Err(e) => Err(Failure(format!("cannot connect to {url}: {e}"), EXIT_UNREACHABLE)),
+    }
+}
+
 /// The action and arguments a command sends.
 fn request_for(cmd: &ClientCommand) -> Result<(&'static str, Value), Failure> {
     use ClientCommand as C;
@@ -183,6 +228,23 @@ fn request_for(cmd: &ClientCommand) -> Result<(&'static str, Value), Failure> {
             }
             ("setup", args)
         }
+        C::Install { name, iso } => ("install", json!({"name": name, "iso": iso})),
+        C::Start { name } => ("start", json!({ "name": name })),
+        C::Stop { name, force } => {
+            let mut a = json!({ "name": name });
+            if *force {
+                a["force"] = json!("true");
+            }
+            ("stop", a)
+        }
+        C::Consolelog { name, bytes } => {
+            let mut a = json!({ "name": name });
+            if let Some(b) = bytes {
+                a["bytes"] = json!(b);
+            }
+            ("consolelog", a)
+        }
+        C::Console { .. } => unreachable!("the console is not a request"),
         C::Create { name, size } => ("create", json!({"name": name, "size": size})),
         C::Delete { name, .. } => ("delete", json!({ "name": name })),
         C::Add { name, size, pool } => {
@@ -246,6 +308,20 @@ fn human(cmd: &ClientCommand, r: &Value) -> String {
         C::Renameiso { .. } => format!("Renamed ISO {} to {}\n", s(&r["source"]), s(&r["target"])),
         C::Rmiso { .. } => format!("Removed ISO {}\n", s(&r["target"])),
         C::Setup { .. } => format!("Set up pool {} with nic {}\n", s(&r["pool"]), s(&r["nic"])),
+        C::Install { .. } => format!(
+            "Installing {} from {}: the guest is booting the ISO (hyve console {} to follow)\n",
+            s(&r["name"]),
+            s(&r["iso"]),
+            s(&r["name"])
+        ),
+        C::Start { .. } => format!("Started {}\n", s(&r["name"])),
+        C::Stop { force: true, .. } => format!("Powering off {}\n", s(&r["name"])),
+        C::Stop { .. } => format!(
+            "Stopping {} (ACPI power button; hyve list shows when it is off)\n",
+            s(&r["name"])
+        ),
+        C::Consolelog { name, .. } => s(&r[name]),
+        C::Console { .. } => String::new(),
         C::Create { .. } => format!(
             "Created guest {} with a {} disk0\n",
             s(&r["name"]),

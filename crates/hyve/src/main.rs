@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod cli;
+mod console;
 mod table;
 
 /// Exit status for a request the server refused or failed.

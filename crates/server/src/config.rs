@@ -26,6 +26,64 @@ pub struct Config {
     /// Pool name to folder. Pools not listed are folders under `data_dir`.
     pub pools: BTreeMap<String, PathBuf>,
     pub limits: LimitsConfig,
+    pub qemu: QemuConfig,
+    pub vm: VmConfig,
+}
+
+/// `[qemu]`: the QEMU driver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuConfig {
+    /// The emulator; a bare name is looked up in PATH.
+    pub binary: PathBuf,
+    /// `auto` (KVM when a probe guest proves it works, else TCG), `kvm`, `tcg`.
+    pub accel: String,
+    /// UEFI firmware code for `loader` = uefi (Debian package ovmf).
+    pub ovmf_code: PathBuf,
+    /// The template each UEFI guest's variable store is copied from.
+    pub ovmf_vars: PathBuf,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            binary: "qemu-system-x86_64".into(),
+            accel: "auto".into(),
+            ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+        }
+    }
+}
+
+/// `[vm]`: how guests are run, whatever the hypervisor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// Seconds `stop` waits after the ACPI power button before powering off.
+    pub stop_timeout: u64,
+    /// `persist`: at most this many restarts of a guest...
+    pub restart_limit: u32,
+    /// ...within this many seconds; then it stays down (crash-loop guard).
+    pub restart_window: u64,
+    /// Recent console output kept per guest (and the most `consolelog` returns).
+    pub console_buffer: String,
+    /// Each guest's `console.log` is cut back past this size.
+    pub console_log_max: String,
+    /// The bridge made for the setup nic when the nic is on no bridge.
+    pub bridge: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            stop_timeout: 60,
+            restart_limit: 5,
+            restart_window: 600,
+            console_buffer: "64K".into(),
+            console_log_max: "1M".into(),
+            bridge: "hyvebr0".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -66,6 +124,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             pools: BTreeMap::new(),
             limits: LimitsConfig::default(),
+            qemu: QemuConfig::default(),
+            vm: VmConfig::default(),
         }
     }
 }
@@ -136,6 +196,8 @@ impl Config {
             }
         }
         self.limits()?;
+        self.vmm()?;
+        self.accel()?;
         if !self.tls.enabled {
             for (what, addr) in [
                 ("ws_listen", self.ws_listen),
@@ -149,6 +211,45 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The accelerator choice, from `[qemu] accel`.
+    pub fn accel(&self) -> anyhow::Result<hyve_engine::vmm::accel::AccelChoice> {
+        hyve_engine::vmm::accel::AccelChoice::parse(&self.qemu.accel)
+            .map_err(|e| anyhow::anyhow!("[qemu] {e}"))
+    }
+
+    /// The supervisor's settings, from `[vm]`.
+    pub fn vmm(&self) -> anyhow::Result<hyve_engine::VmmConfig> {
+        let v = &self.vm;
+        let size = |key: &str, s: &str, min: u64, max: u64| {
+            let b = Size::parse(s)
+                .map_err(|e| anyhow::anyhow!("[vm] {key}: {e}"))?
+                .bytes();
+            if b < min || b > max {
+                anyhow::bail!(
+                    "[vm] {key} must be from {} to {}",
+                    Size::from_bytes(min),
+                    Size::from_bytes(max)
+                );
+            }
+            Ok(b)
+        };
+        if !(1..=3600).contains(&v.stop_timeout) {
+            anyhow::bail!("[vm] stop_timeout must be from 1 to 3600 seconds");
+        }
+        if v.restart_window == 0 {
+            anyhow::bail!("[vm] restart_window must be at least 1 second");
+        }
+        validate::nic_name(&v.bridge).map_err(|e| anyhow::anyhow!("[vm] bridge: {e}"))?;
+        Ok(hyve_engine::VmmConfig {
+            stop_timeout: std::time::Duration::from_secs(v.stop_timeout),
+            restart_limit: v.restart_limit,
+            restart_window: std::time::Duration::from_secs(v.restart_window),
+            console_buffer: size("console_buffer", &v.console_buffer, 1 << 10, 16 << 20)? as usize,
+            console_log_max: size("console_log_max", &v.console_log_max, 64 << 10, 1 << 30)?,
+            bridge: v.bridge.clone(),
+        })
     }
 
     /// The engine's limits, from `[limits]`.
@@ -206,5 +307,11 @@ mod tests {
         let mut c = Config::default();
         c.limits.max_ram = "lots".into();
         assert!(c.check().is_err());
+        assert!(Config::parse("[qemu]\naccel = \"xen\"").unwrap().check().is_err());
+        assert!(Config::parse("[vm]\nstop_timeout = 0").unwrap().check().is_err());
+        assert!(Config::parse("[vm]\nbridge = \"br 0\"").unwrap().check().is_err());
+        assert!(Config::parse("[vm]\nconsole_buffer = \"1G\"").unwrap().check().is_err());
+        let c = Config::parse("[qemu]\naccel = \"tcg\"\n[vm]\nstop_timeout = 5\n").unwrap();
+        assert_eq!(c.vmm().unwrap().stop_timeout.as_secs(), 5);
     }
 }

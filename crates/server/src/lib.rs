@@ -19,10 +19,12 @@ use tokio::sync::watch;
 use tracing::info;
 
 use hyve_engine::store::dir::DirStore;
-use hyve_engine::Engine;
+use hyve_engine::vmm::qemu::QemuDriver;
+use hyve_engine::{Engine, Vmm};
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod rest;
 pub mod session;
@@ -34,6 +36,8 @@ pub use config::{Config, Overrides};
 pub struct App {
     pub config: Config,
     pub engine: Arc<Engine>,
+    /// The running guests.
+    pub vmm: Arc<Vmm>,
     /// Flips to `true` when the server is stopping.
     pub shutdown: watch::Sender<bool>,
 }
@@ -61,10 +65,22 @@ impl Server {
         let rest = TcpListener::bind(config.rest_listen)
             .await
             .with_context(|| format!("cannot listen on {} (rest_listen)", config.rest_listen))?;
+        let engine = Arc::new(engine);
+        let driver = QemuDriver::new(
+            config.qemu.binary.clone(),
+            config.accel()?,
+            config.qemu.ovmf_code.clone(),
+            config.qemu.ovmf_vars.clone(),
+        );
+        let vmm = Vmm::new(engine.clone(), Arc::new(driver), config.vmm()?);
+        // Guests that outlived the previous server are re-adopted before
+        // any request can ask about them.
+        vmm.recover().await;
         let (shutdown, _) = watch::channel(false);
         let app = Arc::new(App {
             config,
-            engine: Arc::new(engine),
+            engine,
+            vmm,
             shutdown,
         });
         Ok(Server {
@@ -105,6 +121,10 @@ impl Server {
         let rest_router = Router::new()
             .fallback(any(rest::handle))
             .with_state(self.app.clone());
+        // Guests with boot = 1 start in the background: a slow start (or
+        // the accelerator probe) must not keep the API closed.
+        let vmm = self.app.vmm.clone();
+        tokio::spawn(async move { vmm.autostart().await });
         let app = self.app.clone();
         tokio::spawn(async move {
             stop.await;

@@ -11,6 +11,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
+use axum::http::Uri;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -25,12 +26,17 @@ use crate::App;
 /// Frames waiting for the writer, per connection.
 const OUT_QUEUE: usize = 256;
 
-/// The upgrade is accepted on any path, with no subprotocol.
+/// The upgrade is accepted on any path, with no subprotocol; paths under
+/// `/console/` open a guest's serial console instead of the API.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if let Some(guest) = uri.path().strip_prefix(crate::console::PREFIX) {
+        return crate::console::upgrade(app, peer, guest, ws);
+    }
     ws.on_upgrade(move |socket| connection(app, peer, socket))
 }
 

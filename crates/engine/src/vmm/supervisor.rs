@@ -820,11 +820,11 @@ impl Vmm {
 
     // ---- recovery -------------------------------------------------------------
 
-    /// At server start: re-adopts every running guest, cleans what ended
-    /// while no server watched, then starts the `boot` = 1 guests.
+    /// At server start: re-adopts every running guest and cleans what
+    /// ended while no server watched.
     pub async fn recover(self: &Arc<Self>) {
-        let names = self.engine.guest_names();
-        for name in &names {
+        for name in &self.engine.guest_names() {
+            let _held = self.engine.guest_lock(name).await;
             let Ok(rec) = self.engine.guest(name) else { continue };
             let g = self.handle(&rec);
             g.console.load_log();
@@ -832,6 +832,13 @@ impl Vmm {
                 self.clean_stale(&g).await;
             }
         }
+    }
+
+    /// Starts the guests with `boot` = 1 that are not running, unless they
+    /// were stopped on purpose since the host booted (so restarting the
+    /// server does not undo an operator's stop).
+    pub async fn autostart(self: &Arc<Self>) {
+        let names = self.engine.guest_names();
         let boot_id = procinfo::boot_id();
         for name in &names {
             let Ok(rec) = self.engine.guest(name) else { continue };

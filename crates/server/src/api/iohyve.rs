@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use hyve_engine::Result;
+use hyve_engine::{Boot, Result};
 use hyve_proto::iohyve::{self as req, IohyveRequest, ParseError};
 use hyve_proto::ProtocolError;
 
@@ -41,7 +41,7 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
     let engine = &app.engine;
     let v = match request {
         IohyveRequest::ListVms => {
-            let vms = engine.list_vms(|_| (false, false));
+            let vms = engine.list_vms(|name| app.vmm.state_of(name));
             let mut m = Map::new();
             for (name, s) in vms {
                 m.insert(
@@ -62,7 +62,9 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
             json!({ "source": source, "target": target })
         }
         IohyveRequest::RmIso { target } => {
-            engine.remove_iso(&target, |_| Ok(())).await?;
+            engine
+                .remove_iso(&target, |iso| app.vmm.refuse_iso_in_use(iso))
+                .await?;
             json!({ "target": target })
         }
         IohyveRequest::Setup { pool, nic } => {
@@ -77,7 +79,10 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
             json!({ "name": rec.name, "size": rec.prop("size") })
         }
         IohyveRequest::Delete { name } => {
-            engine.delete(&name, |_| Ok(())).await?;
+            engine
+                .delete(&name, |rec| app.vmm.refuse_running(&rec.name, "deleting it"))
+                .await?;
+            app.vmm.forget(&name);
             json!({ "name": name })
         }
         IohyveRequest::AddDisk { name, size, pool } => {
@@ -97,11 +102,19 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
             Value::Object(m)
         }
         IohyveRequest::ResizeDisk { name, disk, size } => {
-            let size = engine.resize_disk(&name, &disk, &size, |_| Ok(())).await?;
+            let size = engine
+                .resize_disk(&name, &disk, &size, |rec| {
+                    app.vmm.refuse_running(&rec.name, "resizing its disks")
+                })
+                .await?;
             json!({ "disk": disk, "name": name, "size": size.text() })
         }
         IohyveRequest::DeleteDisk { name, disk } => {
-            engine.delete_disk(&name, &disk, |_| Ok(())).await?;
+            engine
+                .delete_disk(&name, &disk, |rec| {
+                    app.vmm.refuse_running(&rec.name, "removing its disks")
+                })
+                .await?;
             json!({ "disk": disk, "name": name })
         }
         IohyveRequest::Version => json!({ "version": engine.version() }),
@@ -113,11 +126,23 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
             let set = engine.set_props(&name, &props).await?;
             json!({ name: set })
         }
-        IohyveRequest::FetchIso { .. }
-        | IohyveRequest::Install { .. }
-        | IohyveRequest::Start { .. }
-        | IohyveRequest::Stop { .. }
-        | IohyveRequest::ConsoleLog { .. } => return Ok(None),
+        IohyveRequest::Install { name, iso } => {
+            app.vmm.start(&name, Boot::Cdrom(iso.clone())).await?;
+            json!({ "iso": iso, "name": name })
+        }
+        IohyveRequest::Start { name } => {
+            app.vmm.start(&name, Boot::Disk).await?;
+            json!({ "name": name })
+        }
+        IohyveRequest::Stop { name, force } => {
+            app.vmm.stop(&name, force).await?;
+            json!({ "name": name })
+        }
+        IohyveRequest::ConsoleLog { name, bytes } => {
+            let text = app.vmm.console_log(&name, bytes.as_deref())?;
+            json!({ name: text })
+        }
+        IohyveRequest::FetchIso { .. } => return Ok(None),
     };
     Ok(Some(v))
 }
