@@ -2,6 +2,8 @@
 //! both transports, and a snapshot of a data dir to prove nothing changed.
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
