@@ -163,7 +163,12 @@ pub fn disk_name(s: &str) -> Result<u32, String> {
 
 /// The `bytes` of `consolelog`: a whole number from 1 to `max`.
 pub fn console_bytes(s: &str, max: usize) -> Result<usize, String> {
-    let bad = || format!("invalid bytes {}: expected a whole number from 1 to {max}", quote(s));
+    let bad = || {
+        format!(
+            "invalid bytes {}: expected a whole number from 1 to {max}",
+            quote(s)
+        )
+    };
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }

@@ -198,11 +198,18 @@ pub async fn connect_console(server: &str, guest: &str) -> Result<crate::console
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default();
             Err(Failure(
-                if body.is_empty() { format!("the server refused the console ({})", r.status()) } else { body },
+                if body.is_empty() {
+                    format!("the server refused the console ({})", r.status())
+                } else {
+                    body
+                },
                 EXIT_FAILED,
             ))
         }
-        Err(e) => Err(Failure(format!("cannot connect to {url}: {e}"), EXIT_UNREACHABLE)),
+        Err(e) => Err(Failure(
+            format!("cannot connect to {url}: {e}"),
+            EXIT_UNREACHABLE,
+        )),
     }
 }
 

@@ -40,18 +40,56 @@ async fn bad_requests_change_nothing() {
     // Stopped guest: nothing to start or stop that is not there.
     let before = snapshot(&data);
     for (body, status, msg) in [
-        (json!({"action": "start", "name": "nope"}), 404, "No such guest 'nope'"),
-        (json!({"action": "install", "name": "nope", "iso": "blank.iso"}), 404, "No such guest 'nope'"),
-        (json!({"action": "install", "name": "g", "iso": "missing.iso"}), 404, "No such ISO 'missing.iso'"),
-        (json!({"action": "stop", "name": "g"}), 409, "Guest 'g' is not running"),
-        (json!({"action": "stop", "name": "nope", "force": "true"}), 404, "No such guest 'nope'"),
-        (json!({"action": "consolelog", "name": "g", "bytes": "-5"}), 400, "invalid bytes '-5': expected a whole number from 1 to 65536"),
+        (
+            json!({"action": "start", "name": "nope"}),
+            404,
+            "No such guest 'nope'",
+        ),
+        (
+            json!({"action": "install", "name": "nope", "iso": "blank.iso"}),
+            404,
+            "No such guest 'nope'",
+        ),
+        (
+            json!({"action": "install", "name": "g", "iso": "missing.iso"}),
+            404,
+            "No such ISO 'missing.iso'",
+        ),
+        (
+            json!({"action": "stop", "name": "g"}),
+            409,
+            "Guest 'g' is not running",
+        ),
+        (
+            json!({"action": "stop", "name": "nope", "force": "true"}),
+            404,
+            "No such guest 'nope'",
+        ),
+        (
+            json!({"action": "consolelog", "name": "g", "bytes": "-5"}),
+            400,
+            "invalid bytes '-5': expected a whole number from 1 to 65536",
+        ),
     ] {
-        assert_eq!(rest_err(&server, body.clone()).await, (status, msg.to_string()), "{body}");
+        assert_eq!(
+            rest_err(&server, body.clone()).await,
+            (status, msg.to_string()),
+            "{body}"
+        );
     }
-    for hostile in ["../../../etc/passwd", "-drive", "$(reboot)", "a,b.iso", "x.iso\n", "ISO/../blank.iso"] {
-        let (status, msg) =
-            rest_err(&server, json!({"action": "install", "name": "g", "iso": hostile})).await;
+    for hostile in [
+        "../../../etc/passwd",
+        "-drive",
+        "$(reboot)",
+        "a,b.iso",
+        "x.iso\n",
+        "ISO/../blank.iso",
+    ] {
+        let (status, msg) = rest_err(
+            &server,
+            json!({"action": "install", "name": "g", "iso": hostile}),
+        )
+        .await;
         assert_eq!(status, 400, "{hostile:?}: {msg}");
         assert!(msg.starts_with("invalid ISO name"), "{msg}");
     }
@@ -74,31 +112,61 @@ async fn bad_requests_change_nothing() {
     };
     let disk_sizes = sizes(&gdir);
     for (body, msg) in [
-        (json!({"action": "start", "name": "g"}), "Guest 'g' is already running"),
-        (json!({"action": "install", "name": "g", "iso": "blank.iso"}), "Guest 'g' is already running"),
-        (json!({"action": "delete", "name": "g"}), "Guest 'g' is running: stop it before deleting it"),
-        (json!({"action": "resizedisk", "name": "g", "disk": "disk0", "size": "128M"}), "Guest 'g' is running: stop it before resizing its disks"),
-        (json!({"action": "deletedisk", "name": "g", "disk": "disk1"}), "Guest 'g' is running: stop it before removing its disks"),
-        (json!({"action": "rmiso", "target": "blank.iso"}), "ISO 'blank.iso' is in use by running guest 'g': stop the guest first"),
+        (
+            json!({"action": "start", "name": "g"}),
+            "Guest 'g' is already running",
+        ),
+        (
+            json!({"action": "install", "name": "g", "iso": "blank.iso"}),
+            "Guest 'g' is already running",
+        ),
+        (
+            json!({"action": "delete", "name": "g"}),
+            "Guest 'g' is running: stop it before deleting it",
+        ),
+        (
+            json!({"action": "resizedisk", "name": "g", "disk": "disk0", "size": "128M"}),
+            "Guest 'g' is running: stop it before resizing its disks",
+        ),
+        (
+            json!({"action": "deletedisk", "name": "g", "disk": "disk1"}),
+            "Guest 'g' is running: stop it before removing its disks",
+        ),
+        (
+            json!({"action": "rmiso", "target": "blank.iso"}),
+            "ISO 'blank.iso' is in use by running guest 'g': stop the guest first",
+        ),
     ] {
-        assert_eq!(rest_err(&server, body.clone()).await, (409, msg.to_string()), "{body}");
+        assert_eq!(
+            rest_err(&server, body.clone()).await,
+            (409, msg.to_string()),
+            "{body}"
+        );
     }
     assert_eq!(std::fs::read(gdir.join("guest.toml")).unwrap(), guest_toml);
     assert_eq!(sizes(&gdir), disk_sizes);
     assert!(iso_dir(&data).join("blank.iso").is_file());
     assert_eq!(qemu_pids_under(dirs.root.path()).len(), 1);
     let state = vm_state(&c, "g").await;
-    assert_eq!((state["running"].clone(), state["vmm"].clone()), (json!("YES"), json!("YES")));
+    assert_eq!(
+        (state["running"].clone(), state["vmm"].clone()),
+        (json!("YES"), json!("YES"))
+    );
 
     // Once it is off, the same requests go through.
     c.iohyve("stop", json!({"name": "g", "force": "true"}))
         .await
         .unwrap();
     wait_running(&c, "g", "NO").await;
-    c.iohyve("rmiso", json!({"target": "blank.iso"})).await.unwrap();
-    c.iohyve("resizedisk", json!({"name": "g", "disk": "disk0", "size": "128M"}))
+    c.iohyve("rmiso", json!({"target": "blank.iso"}))
         .await
         .unwrap();
+    c.iohyve(
+        "resizedisk",
+        json!({"name": "g", "disk": "disk0", "size": "128M"}),
+    )
+    .await
+    .unwrap();
     c.iohyve("delete", json!({"name": "g"})).await.unwrap();
     assert!(qemu_pids_under(dirs.root.path()).is_empty());
 }

@@ -99,8 +99,12 @@ fn link_local_from_mac() {
 #[tokio::test]
 async fn guests_are_bridged_onto_the_setup_nic() {
     let ns = Netns::new();
-    ns.ip(&["link", "add", "nic0", "type", "veth", "peer", "name", "wire0"]);
-    ns.ip(&["link", "add", "nic1", "type", "veth", "peer", "name", "wire1"]);
+    ns.ip(&[
+        "link", "add", "nic0", "type", "veth", "peer", "name", "wire0",
+    ]);
+    ns.ip(&[
+        "link", "add", "nic1", "type", "veth", "peer", "name", "wire1",
+    ]);
     ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "nic1"]);
     ns.enter();
     let dirs = GuestDirs::new();
@@ -171,7 +175,10 @@ async fn guests_are_bridged_onto_the_setup_nic() {
     // Stop: the tap goes, the bridge and the nic stay.
     c.iohyve("stop", json!({"name": "net0"})).await.unwrap();
     wait_running(&c, "net0", "NO").await;
-    wait_for("the tap to be removed", || async { ns.link(&tap).is_none().then_some(()) }).await;
+    wait_for("the tap to be removed", || async {
+        ns.link(&tap).is_none().then_some(())
+    })
+    .await;
     assert_eq!(ns.link("nic0").unwrap()["master"], "hyvebr0");
     // The MAC is stable: the same at the next start.
     c.iohyve("install", json!({"name": "net0", "iso": "hyve-test.iso"}))
@@ -184,7 +191,10 @@ async fn guests_are_bridged_onto_the_setup_nic() {
         .await
         .unwrap();
     wait_running(&c, "net0", "NO").await;
-    wait_for("the tap to be removed", || async { ns.link(&tap).is_none().then_some(()) }).await;
+    wait_for("the tap to be removed", || async {
+        ns.link(&tap).is_none().then_some(())
+    })
+    .await;
     drop(c);
     drop(server);
 }

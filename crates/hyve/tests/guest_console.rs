@@ -54,7 +54,10 @@ async fn viewers_writer_and_the_cli() {
     // A console of a stopped guest opens and says so; unknown guests and
     // bad names are refused before the upgrade.
     let mut early = server.raw_ws("/console/con1").await;
-    assert_eq!(next_notice(&mut early).await, json!({"console": {"name": "con1", "running": false}}));
+    assert_eq!(
+        next_notice(&mut early).await,
+        json!({"console": {"name": "con1", "running": false}})
+    );
     for (path, status) in [("/console/nope", "404"), ("/console/..%2Fx", "400")] {
         let e = tokio_tungstenite::connect_async(format!("{}{path}", server.ws))
             .await
@@ -69,12 +72,18 @@ async fn viewers_writer_and_the_cli() {
     // The early viewer sees the guest come up, live.
     let mut seen = String::new();
     let notices = read_until(&mut early, &mut seen, MARKER).await;
-    assert!(notices.contains(&json!({"console": {"name": "con1", "running": true}})), "{notices:?}");
+    assert!(
+        notices.contains(&json!({"console": {"name": "con1", "running": true}})),
+        "{notices:?}"
+    );
     wait_console(&c, "con1", "/ # ").await;
 
     // A late viewer gets the backlog: what was printed before it joined.
     let mut a = server.raw_ws("/console/con1").await;
-    assert_eq!(next_notice(&mut a).await, json!({"console": {"name": "con1", "running": true}}));
+    assert_eq!(
+        next_notice(&mut a).await,
+        json!({"console": {"name": "con1", "running": true}})
+    );
     let mut seen_a = String::new();
     read_until(&mut a, &mut seen_a, MARKER).await;
     let mut b = server.raw_ws("/console/con1").await;
@@ -107,7 +116,12 @@ async fn viewers_writer_and_the_cli() {
         // Either the guest answers or the keyboard is still held (A's close
         // in flight): then try again.
         use futures_util::StreamExt;
-        match tokio::time::timeout(GUEST_DEADLINE, b.next()).await.unwrap().unwrap().unwrap() {
+        match tokio::time::timeout(GUEST_DEADLINE, b.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
             Message::Binary(x) => {
                 seen_b.push_str(&String::from_utf8_lossy(&x));
                 took = true;
@@ -136,7 +150,11 @@ async fn viewers_writer_and_the_cli() {
     std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
         let mut line = Vec::new();
-        while r.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
+        while r
+            .read_until(b'\n', &mut line)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
             let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
             line.clear();
         }
@@ -152,7 +170,10 @@ async fn viewers_writer_and_the_cli() {
         while let Ok(l) = rx.try_recv() {
             out.push_str(&l);
         }
-        assert!(std::time::Instant::now() < end, "the CLI never showed the answer: {out}");
+        assert!(
+            std::time::Instant::now() < end,
+            "the CLI never showed the answer: {out}"
+        );
     }
     stdin.write_all(b"~.").unwrap();
     let status = cli.wait().unwrap();
@@ -168,7 +189,10 @@ async fn viewers_writer_and_the_cli() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&o.stderr), "hyve: No such guest 'nope'\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "hyve: No such guest 'nope'\n"
+    );
 
     c.iohyve("stop", json!({"name": "con1", "force": "true"}))
         .await

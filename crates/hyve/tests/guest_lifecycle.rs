@@ -9,7 +9,6 @@
 mod common;
 
 use common::guest::*;
-use common::*;
 use serde_json::json;
 
 #[tokio::test]
@@ -68,10 +67,7 @@ async fn a_guest_from_install_to_delete() {
     let props = c.iohyve("getprops", json!({"name": "g1"})).await.unwrap();
     assert_eq!(props["g1"]["install"], "no");
     wait_for("a boot from disk0", || async {
-        let log = c
-            .iohyve("consolelog", json!({"name": "g1"}))
-            .await
-            .unwrap()["g1"]
+        let log = c.iohyve("consolelog", json!({"name": "g1"})).await.unwrap()["g1"]
             .as_str()
             .unwrap()
             .to_string();
@@ -87,14 +83,18 @@ async fn a_guest_from_install_to_delete() {
     let server = start_server(&data, "");
     let c = server.client().await;
     let state = vm_state(&c, "g1").await;
-    assert_eq!((state["running"].clone(), state["vmm"].clone()), (json!("YES"), json!("YES")));
-    assert!(server.log().contains("re-adopted a running guest"), "{}", server.log());
+    assert_eq!(
+        (state["running"].clone(), state["vmm"].clone()),
+        (json!("YES"), json!("YES"))
+    );
+    assert!(
+        server.log().contains("re-adopted a running guest"),
+        "{}",
+        server.log()
+    );
     // Re-adopted, not started again: still one QEMU, the same one.
     assert_eq!(qemu_pids_under(dirs.root.path()), vec![pid]);
-    let log = c
-        .iohyve("consolelog", json!({"name": "g1"}))
-        .await
-        .unwrap()["g1"]
+    let log = c.iohyve("consolelog", json!({"name": "g1"})).await.unwrap()["g1"]
         .as_str()
         .unwrap()
         .to_string();

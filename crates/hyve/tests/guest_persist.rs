@@ -73,7 +73,11 @@ async fn persist_restarts_a_killed_guest_until_the_guard_trips() {
     }
     let log = std::fs::read_to_string(guest_dir(&data, "p1").join("vm.log")).unwrap();
     assert_eq!(log.matches("install from blank.iso:").count(), 3, "{log}");
-    assert_eq!(log.matches("killed by signal 9 (unexpectedly)").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("killed by signal 9 (unexpectedly)").count(),
+        2,
+        "{log}"
+    );
 
     // ...and the third death within the window trips the guard.
     kill9(pid);

@@ -307,10 +307,22 @@ mod tests {
         let mut c = Config::default();
         c.limits.max_ram = "lots".into();
         assert!(c.check().is_err());
-        assert!(Config::parse("[qemu]\naccel = \"xen\"").unwrap().check().is_err());
-        assert!(Config::parse("[vm]\nstop_timeout = 0").unwrap().check().is_err());
-        assert!(Config::parse("[vm]\nbridge = \"br 0\"").unwrap().check().is_err());
-        assert!(Config::parse("[vm]\nconsole_buffer = \"1G\"").unwrap().check().is_err());
+        assert!(Config::parse("[qemu]\naccel = \"xen\"")
+            .unwrap()
+            .check()
+            .is_err());
+        assert!(Config::parse("[vm]\nstop_timeout = 0")
+            .unwrap()
+            .check()
+            .is_err());
+        assert!(Config::parse("[vm]\nbridge = \"br 0\"")
+            .unwrap()
+            .check()
+            .is_err());
+        assert!(Config::parse("[vm]\nconsole_buffer = \"1G\"")
+            .unwrap()
+            .check()
+            .is_err());
         let c = Config::parse("[qemu]\naccel = \"tcg\"\n[vm]\nstop_timeout = 5\n").unwrap();
         assert_eq!(c.vmm().unwrap().stop_timeout.as_secs(), 5);
     }

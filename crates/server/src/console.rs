@@ -46,7 +46,11 @@ pub fn upgrade(app: Arc<App>, peer: SocketAddr, guest: &str, ws: WebSocketUpgrad
 }
 
 fn notice(guest: &str, key: &str, value: serde_json::Value) -> Message {
-    Message::Text(json!({"console": {"name": guest, key: value}}).to_string().into())
+    Message::Text(
+        json!({"console": {"name": guest, key: value}})
+            .to_string()
+            .into(),
+    )
 }
 
 async fn serve(
@@ -61,7 +65,11 @@ async fn serve(
     let (mut sink, mut stream) = socket.split();
     let mut shutdown = app.shutdown.subscribe();
     let backlog = std::mem::take(&mut viewer.backlog);
-    if sink.send(notice(&guest, "running", json!(running))).await.is_err() {
+    if sink
+        .send(notice(&guest, "running", json!(running)))
+        .await
+        .is_err()
+    {
         return;
     }
     if !backlog.is_empty() && sink.send(Message::Binary(backlog.into())).await.is_err() {

@@ -85,18 +85,34 @@ pub async fn probe(binary: &Path, accel: Accel, timeout: Duration) -> Result<(),
     result
 }
 
-async fn run_probe(binary: &Path, accel: Accel, timeout: Duration, fw: &PathBuf) -> Result<(), String> {
-    std::fs::write(fw, probe_firmware()).map_err(|e| format!("cannot write {}: {e}", fw.display()))?;
+async fn run_probe(
+    binary: &Path,
+    accel: Accel,
+    timeout: Duration,
+    fw: &PathBuf,
+) -> Result<(), String> {
+    std::fs::write(fw, probe_firmware())
+        .map_err(|e| format!("cannot write {}: {e}", fw.display()))?;
     let mut cmd = Command::new(binary);
-    cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc"])
-        .args(["-accel", accel.as_str(), "-m", "16"])
-        .arg("-bios")
-        .arg(fw)
-        .args(["-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-machine",
+        "pc",
+    ])
+    .args(["-accel", accel.as_str(), "-m", "16"])
+    .arg("-bios")
+    .arg(fw)
+    .args([
+        "-device",
+        &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1"),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
@@ -154,7 +170,9 @@ mod tests {
     #[tokio::test]
     async fn probe_runs_under_tcg() {
         let qemu = Path::new("qemu-system-x86_64");
-        probe(qemu, Accel::Tcg, Duration::from_secs(60)).await.unwrap();
+        probe(qemu, Accel::Tcg, Duration::from_secs(60))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

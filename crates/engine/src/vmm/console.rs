@@ -267,8 +267,13 @@ pub fn trim_log(path: &Path, max: u64) -> std::io::Result<()> {
             if stored <= max {
                 return Ok(());
             }
-            fallocate(&f, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, 0, cut)
-                .map_err(std::io::Error::from)
+            fallocate(
+                &f,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                0,
+                cut,
+            )
+            .map_err(std::io::Error::from)
         }
     }
 }
@@ -348,7 +353,11 @@ mod tests {
         assert_eq!(c.recent(100), &data[data.len() - 16..]);
         trim_log(&log, 64 * 1024).unwrap();
         let m = std::fs::metadata(&log).unwrap();
-        assert!(m.blocks() * 512 <= 64 * 1024 + 8192, "{} bytes stored", m.blocks() * 512);
+        assert!(
+            m.blocks() * 512 <= 64 * 1024 + 8192,
+            "{} bytes stored",
+            m.blocks() * 512
+        );
         // The newest data is still whole at the end.
         let tail = read_tail(&log, 9 * 1000).unwrap();
         assert_eq!(tail, &data[data.len() - 9000..]);

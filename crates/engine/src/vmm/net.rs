@@ -67,7 +67,9 @@ pub async fn link(name: &str) -> Result<Option<Value>> {
             Ok(v.as_array().and_then(|a| a.first()).cloned())
         }
         Err(e) if e.contains("does not exist") || e.contains("Cannot find device") => Ok(None),
-        Err(e) => Err(Error::internal(format!("cannot look up interface {name}: {e}"))),
+        Err(e) => Err(Error::internal(format!(
+            "cannot look up interface {name}: {e}"
+        ))),
     }
 }
 
@@ -85,7 +87,11 @@ async fn global_addresses(dev: &str) -> Result<Vec<String>> {
     for l in v.as_array().into_iter().flatten() {
         for a in l["addr_info"].as_array().into_iter().flatten() {
             if a["scope"] == "global" {
-                out.push(format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]));
+                out.push(format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or("?"),
+                    a["prefixlen"]
+                ));
             }
         }
     }
@@ -120,7 +126,9 @@ impl HostNet {
             });
         };
         if kind(&l) == "bridge" {
-            return Ok(NetPlan::Bridge { bridge: nic.to_string() });
+            return Ok(NetPlan::Bridge {
+                bridge: nic.to_string(),
+            });
         }
         if let Some(master) = l["master"].as_str() {
             match link(master).await? {
@@ -158,7 +166,9 @@ impl HostNet {
         info!(bridge = br, nic, "adding the setup nic to the bridge");
         ip_change(&["link", "set", "dev", nic, "master", br]).await?;
         ip_change(&["link", "set", "dev", nic, "up"]).await?;
-        Ok(NetPlan::Bridge { bridge: br.to_string() })
+        Ok(NetPlan::Bridge {
+            bridge: br.to_string(),
+        })
     }
 
     /// Makes tap `tap` on `bridge`, replacing a stale tap of that name (left

@@ -33,7 +33,12 @@ pub struct QemuDriver {
 }
 
 impl QemuDriver {
-    pub fn new(binary: PathBuf, choice: AccelChoice, ovmf_code: PathBuf, ovmf_vars: PathBuf) -> Self {
+    pub fn new(
+        binary: PathBuf,
+        choice: AccelChoice,
+        ovmf_code: PathBuf,
+        ovmf_vars: PathBuf,
+    ) -> Self {
         QemuDriver {
             binary,
             choice,
@@ -97,7 +102,12 @@ impl Hypervisor for QemuDriver {
         if accel == Accel::Kvm {
             push(&["-cpu", "host"]);
         }
-        push(&["-m", &spec.ram_mib.to_string(), "-smp", &spec.cpus.to_string()]);
+        push(&[
+            "-m",
+            &spec.ram_mib.to_string(),
+            "-smp",
+            &spec.cpus.to_string(),
+        ]);
         push(&["-pidfile", run_files::PIDFILE]);
         // The console's socket is made before QMP's: once QMP answers, the
         // console is there too.
@@ -117,7 +127,6 @@ impl Hypervisor for QemuDriver {
             "-mon",
             "chardev=qmp,mode=control",
         ]);
-        let mut a = a;
         if let Firmware::Uefi { vars } = &spec.firmware {
             a.push("-drive".into());
             a.push(join(&[
@@ -144,7 +153,9 @@ impl Hypervisor for QemuDriver {
         for (i, disk) in spec.disks.iter().enumerate() {
             a.push("-drive".into());
             a.push(join(&[
-                OsStr::new(&format!("if=none,id=disk{i},format=raw,discard=unmap,file=")),
+                OsStr::new(&format!(
+                    "if=none,id=disk{i},format=raw,discard=unmap,file="
+                )),
                 &opt_path(disk),
             ]));
             a.push("-device".into());
@@ -167,9 +178,8 @@ impl Hypervisor for QemuDriver {
 
     fn identifies(&self, argv: &[OsString], name: &str) -> bool {
         let want = format!("guest={name},");
-        argv.windows(2).any(|w| {
-            w[0] == "-name" && w[1].to_str().is_some_and(|v| v.starts_with(&want))
-        })
+        argv.windows(2)
+            .any(|w| w[0] == "-name" && w[1].to_str().is_some_and(|v| v.starts_with(&want)))
     }
 
     fn uefi_files(&self) -> (PathBuf, PathBuf) {

@@ -50,14 +50,20 @@ async fn read_json(r: &mut (impl AsyncBufReadExt + Unpin)) -> io::Result<Value> 
 impl Qmp {
     /// Connects to `dir/name`, negotiates capabilities, and returns the
     /// client with its event stream.
-    pub async fn connect(dir: &Path, name: &str) -> io::Result<(Qmp, mpsc::UnboundedReceiver<Event>)> {
+    pub async fn connect(
+        dir: &Path,
+        name: &str,
+    ) -> io::Result<(Qmp, mpsc::UnboundedReceiver<Event>)> {
         let stream = unix_connect(dir, name).await?;
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
         let handshake = async {
             let greeting = read_json(&mut r).await?;
             if greeting.get("QMP").is_none() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "not a QMP greeting"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "not a QMP greeting",
+                ));
             }
             w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await?;
             loop {
@@ -136,7 +142,10 @@ impl Qmp {
             Ok(Err(_)) => Err("QEMU closed its QMP socket".into()),
             Err(_) => {
                 self.pending.lock().expect("qmp map").remove(&id);
-                Err(format!("QMP {command} got no answer within {} s", COMMAND_TIMEOUT.as_secs()))
+                Err(format!(
+                    "QMP {command} got no answer within {} s",
+                    COMMAND_TIMEOUT.as_secs()
+                ))
             }
         }
     }

@@ -46,7 +46,10 @@ impl RunLog {
     }
 
     fn open(&self) -> std::io::Result<File> {
-        OpenOptions::new().create(true).append(true).open(&self.path)
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
     }
 
     /// Appends one line, with the time. Failures are logged, not fatal: a
@@ -93,7 +96,10 @@ mod tests {
     fn launches_and_lines() {
         let d = tempfile::tempdir().unwrap();
         let log = RunLog::new(d.path().join("vm.log"));
-        let argv: Vec<OsString> = ["qemu", "-name", "guest=a b"].iter().map(OsString::from).collect();
+        let argv: Vec<OsString> = ["qemu", "-name", "guest=a b"]
+            .iter()
+            .map(OsString::from)
+            .collect();
         let (mut f, at) = log.launch("start", &argv).unwrap();
         writeln!(f, "qemu: could not open disk").unwrap();
         assert_eq!(log.since(at), "qemu: could not open disk");

@@ -210,9 +210,7 @@ async fn recv_event(rx: &mut Option<mpsc::UnboundedReceiver<Event>>) -> Option<E
 }
 
 fn conflict_running(name: &str, what: &str) -> Error {
-    Error::conflict(format!(
-        "Guest '{name}' is running: stop it before {what}"
-    ))
+    Error::conflict(format!("Guest '{name}' is running: stop it before {what}"))
 }
 
 pub struct Vmm {
@@ -353,7 +351,9 @@ impl Vmm {
     /// `consolelog`: the most recent output, at most `bytes` bytes.
     pub fn console_log(&self, name: &str, bytes: Option<&str>) -> Result<String> {
         let n = match bytes {
-            Some(b) => validate::console_bytes(b, self.cfg.console_buffer).map_err(Error::invalid)?,
+            Some(b) => {
+                validate::console_bytes(b, self.cfg.console_buffer).map_err(Error::invalid)?
+            }
             None => self.cfg.console_buffer,
         };
         let (_, g) = self.lookup(name)?;
@@ -379,12 +379,16 @@ impl Vmm {
         let rec = self.engine.guest(name)?;
         let g = self.handle(&rec);
         if g.is_running() {
-            return Err(Error::conflict(format!("Guest '{name}' is already running")));
+            return Err(Error::conflict(format!(
+                "Guest '{name}' is already running"
+            )));
         }
         // A hypervisor still running for this guest unwatched is adopted,
         // never doubled.
         if self.adopt(&g).await {
-            return Err(Error::conflict(format!("Guest '{name}' is already running")));
+            return Err(Error::conflict(format!(
+                "Guest '{name}' is already running"
+            )));
         }
         match &boot {
             Boot::Disk => self.launch(&g, &rec, boot.clone(), None, &held).await,
@@ -479,7 +483,11 @@ impl Vmm {
             clear_run_dir(&run_dir);
             return result;
         }
-        let install = if matches!(boot, Boot::Cdrom(_)) { "yes" } else { "no" };
+        let install = if matches!(boot, Boot::Cdrom(_)) {
+            "yes"
+        } else {
+            "no"
+        };
         if rec.prop("install") != install {
             if let Err(e) = self
                 .engine
@@ -541,7 +549,9 @@ impl Vmm {
             .log
             .launch(&what, &argv)
             .map_err(|e| Error::io("open", g.log.path(), e))?;
-        let err = out.try_clone().map_err(|e| Error::io("open", g.log.path(), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io("open", g.log.path(), e))?;
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(&run_dir)
@@ -553,7 +563,11 @@ impl Vmm {
         // parent; it gives QEMU its own session so that it outlives the
         // server and never gets the server's terminal signals.
         unsafe {
-            cmd.pre_exec(|| rustix::process::setsid().map(|_| ()).map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                rustix::process::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
         }
         let mut child = cmd.spawn().map_err(|e| {
             Error::internal(format!("cannot run {}: {e}", argv[0].to_string_lossy()))
@@ -579,11 +593,18 @@ impl Vmm {
         let (qmp, events) = loop {
             if let Ok(Some(status)) = child.try_wait() {
                 let why = g.log.since(offset);
-                g.log.line(&format!("exited {} before it was up", describe(Some(status))));
+                g.log.line(&format!(
+                    "exited {} before it was up",
+                    describe(Some(status))
+                ));
                 return Err(Error::internal(format!(
                     "{} could not start guest '{name}': {}",
                     self.hv.name(),
-                    if why.is_empty() { describe(Some(status)) } else { why }
+                    if why.is_empty() {
+                        describe(Some(status))
+                    } else {
+                        why
+                    }
                 )));
             }
             match Qmp::connect(&run_dir, run_files::QMP).await {
@@ -679,11 +700,16 @@ impl Vmm {
         let secs = run.since.elapsed().as_secs_f64();
         let why = match (&run.stop, &run.shutdown) {
             (Some(StopKind::Force), _) => " (forced off by stop)".to_string(),
-            (Some(StopKind::Graceful), Some(_)) => " (powered off after the power button)".to_string(),
+            (Some(StopKind::Graceful), Some(_)) => {
+                " (powered off after the power button)".to_string()
+            }
             (_, Some(r)) => format!(" ({r})"),
             (_, None) => " (unexpectedly)".to_string(),
         };
-        g.log.line(&format!("exited {}{why} after {secs:.1} s", describe(status)));
+        g.log.line(&format!(
+            "exited {}{why} after {secs:.1} s",
+            describe(status)
+        ));
         if let Some(tap) = &run.launch.tap {
             self.net.remove_tap(tap).await;
         }
@@ -712,7 +738,10 @@ impl Vmm {
         let allowed = {
             let mut r = g.restarts.lock().expect("restarts poisoned");
             let now = Instant::now();
-            while r.front().is_some_and(|t| now.duration_since(*t) > self.cfg.restart_window) {
+            while r
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > self.cfg.restart_window)
+            {
                 r.pop_front();
             }
             if r.len() as u32 >= self.cfg.restart_limit {
@@ -743,7 +772,11 @@ impl Vmm {
     /// outcome goes to the logs (and shows in listvms).
     pub async fn stop(self: &Arc<Self>, name: &str, force: bool) -> Result<()> {
         let (_, g) = self.lookup(name)?;
-        let kind = if force { StopKind::Force } else { StopKind::Graceful };
+        let kind = if force {
+            StopKind::Force
+        } else {
+            StopKind::Graceful
+        };
         let (qmp, pidfd, earlier) = {
             let mut st = g.lock();
             let run = st
@@ -780,7 +813,9 @@ impl Vmm {
                             timeout.as_secs()
                         ));
                     }
-                    Err(e) => g.log.line(&format!("cannot press the power button ({e}); powering off")),
+                    Err(e) => g.log.line(&format!(
+                        "cannot press the power button ({e}); powering off"
+                    )),
                 }
                 if let Some(run) = g.lock().as_mut() {
                     run.stop = Some(StopKind::Force);
@@ -805,7 +840,9 @@ impl Vmm {
     /// `quit` over QMP (QEMU flushes its disks), then SIGKILL.
     async fn power_off(&self, g: &Guest, qmp: Option<Arc<Qmp>>, pidfd: Arc<OwnedFd>) {
         if let Some(q) = qmp {
-            if q.execute("quit", None).await.is_ok() && self.wait_stopped(g, Duration::from_secs(10)).await {
+            if q.execute("quit", None).await.is_ok()
+                && self.wait_stopped(g, Duration::from_secs(10)).await
+            {
                 return;
             }
         }
@@ -825,7 +862,9 @@ impl Vmm {
     pub async fn recover(self: &Arc<Self>) {
         for name in &self.engine.guest_names() {
             let _held = self.engine.guest_lock(name).await;
-            let Ok(rec) = self.engine.guest(name) else { continue };
+            let Ok(rec) = self.engine.guest(name) else {
+                continue;
+            };
             let g = self.handle(&rec);
             g.console.load_log();
             if !self.adopt(&g).await {
@@ -841,7 +880,9 @@ impl Vmm {
         let names = self.engine.guest_names();
         let boot_id = procinfo::boot_id();
         for name in &names {
-            let Ok(rec) = self.engine.guest(name) else { continue };
+            let Ok(rec) = self.engine.guest(name) else {
+                continue;
+            };
             if rec.prop("boot") != "1" {
                 continue;
             }
@@ -849,7 +890,8 @@ impl Vmm {
             if g.is_running() {
                 continue;
             }
-            let marker = std::fs::read_to_string(g.run_dir().join(run_files::STOPPED)).unwrap_or_default();
+            let marker =
+                std::fs::read_to_string(g.run_dir().join(run_files::STOPPED)).unwrap_or_default();
             if !boot_id.is_empty() && marker.trim() == boot_id {
                 info!(guest = %name, "boot is 1, but the guest was stopped on purpose since the host booted; leaving it off");
                 continue;
@@ -935,7 +977,8 @@ impl Vmm {
             since: Instant::now(),
         });
         g.running.send_replace(true);
-        g.log.line(&format!("re-adopted by a starting server, pid {pid}"));
+        g.log
+            .line(&format!("re-adopted by a starting server, pid {pid}"));
         info!(guest = %g.name, pid, "re-adopted a running guest");
         let me = self.clone();
         let g2 = g.clone();
@@ -953,7 +996,8 @@ impl Vmm {
             return;
         };
         let launch: LaunchRecord = toml::from_str(&text).unwrap_or_default();
-        g.log.line("found ended while no server was watching; cleaning up");
+        g.log
+            .line("found ended while no server was watching; cleaning up");
         info!(guest = %g.name, "guest ended while no server was watching; cleaning up");
         if let Some(tap) = &launch.tap {
             self.net.remove_tap(tap).await;

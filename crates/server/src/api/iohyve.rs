@@ -80,7 +80,9 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
         }
         IohyveRequest::Delete { name } => {
             engine
-                .delete(&name, |rec| app.vmm.refuse_running(&rec.name, "deleting it"))
+                .delete(&name, |rec| {
+                    app.vmm.refuse_running(&rec.name, "deleting it")
+                })
                 .await?;
             app.vmm.forget(&name);
             json!({ "name": name })
