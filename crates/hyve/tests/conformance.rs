@@ -225,3 +225,64 @@ async fn envelope_details() {
     let r = next_json(&mut ws).await;
     assert_eq!(r["id"], "b");
 }
+
+/// The document's install, start and stop requests, as WebSocket frames
+/// written exactly as the document writes them, against a real (TCG) guest.
+/// The ISO is the document's name for a blank image: QEMU runs it, its
+/// firmware finds nothing to boot, which is all these replies need.
+#[tokio::test]
+async fn documented_guest_requests_over_websocket() {
+    let dirs = guest::GuestDirs::new();
+    let data = dirs.data();
+    let server = guest::start_server(&data, "");
+    let c = server.client().await;
+    setup(&c).await;
+    c.iohyve("create", json!({"name": "bsdguest", "size": "10G"}))
+        .await
+        .unwrap();
+    c.iohyve("setprop", json!({"name": "bsdguest", "ram": "64M"}))
+        .await
+        .unwrap();
+    std::fs::write(
+        iso_dir(&data).join("FreeBSD-10.2-RELEASE-amd64-disc1.iso"),
+        vec![0u8; 2048],
+    )
+    .unwrap();
+    let mut ws = server.raw_ws("/").await;
+    let frames = [
+        (
+            r#"{"namespace":"sysadm","name":"iohyve","id":"fooid","args":{"action":"install","iso":"FreeBSD-10.2-RELEASE-amd64-disc1.iso","name":"bsdguest"}}"#,
+            json!({"install": {"iso": "FreeBSD-10.2-RELEASE-amd64-disc1.iso", "name": "bsdguest"}}),
+        ),
+        (
+            r#"{"id":"fooid","args":{"action":"stop","name":"bsdguest","force":"true"},"name":"iohyve","namespace":"sysadm"}"#,
+            json!({"stop": {"name": "bsdguest"}}),
+        ),
+        (
+            r#"{"name":"iohyve","id":"fooid","args":{"action":"start","name":"bsdguest"},"namespace":"sysadm"}"#,
+            json!({"start": {"name": "bsdguest"}}),
+        ),
+        (
+            r#"{"id":"fooid","args":{"action":"stop","name":"bsdguest","force":"true"},"name":"iohyve","namespace":"sysadm"}"#,
+            json!({"stop": {"name": "bsdguest"}}),
+        ),
+    ];
+    for (frame, expected) in frames {
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+        let text = next_text(&mut ws).await;
+        assert_canonical(&text);
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert_shape(
+            &reply,
+            &json!({"args": expected, "id": "fooid", "name": "response", "namespace": "sysadm"}),
+            frame,
+        );
+        // stop answers at once; the next step waits for the guest to be off.
+        if expected.get("stop").is_some() {
+            guest::wait_running(&c, "bsdguest", "NO").await;
+        }
+    }
+    assert!(guest::qemu_pids_under(dirs.root.path()).is_empty());
+}
