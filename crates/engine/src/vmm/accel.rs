@@ -6,6 +6,10 @@
 //! that write to an `isa-debug-exit` port. Under working KVM QEMU exits at
 //! once with the status that write asks for; anything else (no /dev/kvm,
 //! an error, no exit within the timeout) means TCG, and the log says why.
+//!
+//! The probe proves KVM can run guest code at all; it cannot prove a full
+//! operating system will run. Some nested hosts pass it and still hang
+//! real kernels: `accel = "tcg"` is the setting for those.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
