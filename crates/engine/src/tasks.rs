@@ -433,7 +433,7 @@ impl Dispatcher {
             id: format!("{{{}}}", uuid::Uuid::new_v4().hyphenated()),
             command: format!("iohyve fetch {shown}"),
             state: TaskState::Pending,
-            created: now_text(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             started: None,
             finished: None,
             return_code: None,
@@ -720,21 +720,22 @@ impl Reporter for TaskReporter {
         self.d.on_progress(&self.id, done, total);
     }
 
-    fn validator(&self, v: &str) {
-        let changed = {
-            let mut t = self.d.lock();
-            match t.get_mut(&self.id) {
-                Some(e) if e.rec.fetch.validator.as_deref() != Some(v) => {
-                    e.rec.fetch.validator = Some(v.to_string());
-                    true
+    fn validator<'a>(&'a self, v: &'a str) -> fetch::BoxFuture<'a> {
+        Box::pin(async move {
+            let changed = {
+                let mut t = self.d.lock();
+                match t.get_mut(&self.id) {
+                    Some(e) if e.rec.fetch.validator.as_deref() != Some(v) => {
+                        e.rec.fetch.validator = Some(v.to_string());
+                        true
+                    }
+                    _ => false,
                 }
-                _ => false,
+            };
+            if changed {
+                self.d.save(&self.id).await;
             }
-        };
-        if changed {
-            let (d, id) = (self.d.clone(), self.id.clone());
-            tokio::spawn(async move { d.save(&id).await });
-        }
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod cli;
 mod table;
+mod tasks;
 
 /// Exit status for a request the server refused or failed.
 pub const EXIT_FAILED: u8 = 1;

@@ -245,7 +245,7 @@ async fn attempt(
         || status == StatusCode::PARTIAL_CONTENT;
     *validator = if ranges { fresh } else { None };
     if let Some(v) = validator.as_deref() {
-        report.validator(v);
+        report.validator(v).await;
     }
     let part = job.part_path();
     let mut f = open_part(&part, start).await?;

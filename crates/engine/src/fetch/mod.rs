@@ -87,9 +87,13 @@ pub trait Reporter: Send + Sync {
     /// `done` bytes are in the partial file, of `total` if known.
     fn progress(&self, done: u64, total: Option<u64>);
     /// The http(s) validator of the content being fetched, to resume
-    /// safely after a restart.
-    fn validator(&self, _v: &str) {}
+    /// safely after a restart. Awaited before the first byte is written,
+    /// so a partial file never exists without the validator on record.
+    fn validator<'a>(&'a self, v: &'a str) -> BoxFuture<'a>;
 }
+
+/// What [`Reporter::validator`] returns.
+pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// Why a download ended without an ISO.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod origin;
+pub mod tasks;
+
 pub use hyve_client::Client;
 
 use futures_util::{SinkExt, StreamExt};

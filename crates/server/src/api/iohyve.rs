@@ -113,8 +113,14 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
             let set = engine.set_props(&name, &props).await?;
             json!({ name: set })
         }
-        IohyveRequest::FetchIso { .. }
-        | IohyveRequest::Install { .. }
+        IohyveRequest::FetchIso { url, name, sha256 } => {
+            let task = app
+                .tasks
+                .fetch_iso(&url, name.as_deref(), sha256.as_deref())
+                .await?;
+            json!({ "command": task.command, "comment": "Task Queued", "queueid": task.id })
+        }
+        IohyveRequest::Install { .. }
         | IohyveRequest::Start { .. }
         | IohyveRequest::Stop { .. }
         | IohyveRequest::ConsoleLog { .. } => return Ok(None),
