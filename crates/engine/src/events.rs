@@ -56,7 +56,8 @@ impl Queue {
         }
         match &ev.progress_of {
             Some(key) => {
-                let same = |e: &Arc<Event>| e.name == ev.name && e.progress_of.as_ref() == Some(key);
+                let same =
+                    |e: &Arc<Event>| e.name == ev.name && e.progress_of.as_ref() == Some(key);
                 if let Some(slot) = self.items.iter_mut().rev().find(|e| same(e)) {
                     // Progress of one task sits after its `running` event and
                     // before its `finished` one, so replacing in place keeps order.

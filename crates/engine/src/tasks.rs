@@ -268,7 +268,10 @@ pub struct Dispatcher {
 }
 
 fn record_file(dir: &std::path::Path, id: &str) -> PathBuf {
-    dir.join(format!("{}.toml", id.trim_start_matches('{').trim_end_matches('}')))
+    dir.join(format!(
+        "{}.toml",
+        id.trim_start_matches('{').trim_end_matches('}')
+    ))
 }
 
 fn encode(rec: &TaskRecord) -> Vec<u8> {
@@ -295,7 +298,10 @@ impl Dispatcher {
                 .map_err(|e| Error::io("create", &dir, e))?;
         }
         let mut tasks = BTreeMap::new();
-        for e in fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?.flatten() {
+        for e in fs::read_dir(&dir)
+            .map_err(|e| Error::io("read", &dir, e))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
             if fsutil::is_atomic_temp(&name) {
@@ -473,9 +479,11 @@ impl Dispatcher {
     async fn write_record(&self, rec: &TaskRecord) -> Result<()> {
         let path = record_file(&self.dir, &rec.id);
         let data = encode(rec);
-        tokio::task::spawn_blocking(move || write_atomic(&path, &data).map_err(|e| Error::io("write", &path, e)))
-            .await
-            .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            write_atomic(&path, &data).map_err(|e| Error::io("write", &path, e))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
     }
 
     /// Writes the task's record as it is now.
@@ -526,8 +534,13 @@ impl Dispatcher {
                 validator: spec.validator.clone(),
             },
             Err(e) => {
-                self.finish(&id, Err(Failure::Failed(format!("the recorded URL does not parse: {e}"))))
-                    .await;
+                self.finish(
+                    &id,
+                    Err(Failure::Failed(format!(
+                        "the recorded URL does not parse: {e}"
+                    ))),
+                )
+                .await;
                 return;
             }
         };
@@ -535,7 +548,10 @@ impl Dispatcher {
             d: self.clone(),
             id: id.clone(),
         };
-        let result = self.fetcher.run(&self.engine, &job, &cancel, &reporter).await;
+        let result = self
+            .fetcher
+            .run(&self.engine, &job, &cancel, &reporter)
+            .await;
         drop(permit);
         self.finish(&id, result).await;
     }
@@ -637,7 +653,9 @@ impl Dispatcher {
         let t = self.lock();
         let mut v: Vec<(&String, &Entry)> = t.iter().collect();
         v.sort_by(|a, b| a.1.rec.created.cmp(&b.1.rec.created).then(a.0.cmp(b.0)));
-        v.into_iter().map(|(id, e)| (id.clone(), e.payload())).collect()
+        v.into_iter()
+            .map(|(id, e)| (id.clone(), e.payload()))
+            .collect()
     }
 
     /// A copy of one task's record.

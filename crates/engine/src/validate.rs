@@ -357,8 +357,12 @@ pub fn task_id(s: &str) -> Result<String, String> {
         .strip_prefix('{')
         .and_then(|t| t.strip_suffix('}'))
         .unwrap_or(s);
-    let id = uuid::Uuid::try_parse(inner)
-        .map_err(|_| format!("invalid task id {}: task ids look like {{<uuid>}}", quote(s)))?;
+    let id = uuid::Uuid::try_parse(inner).map_err(|_| {
+        format!(
+            "invalid task id {}: task ids look like {{<uuid>}}",
+            quote(s)
+        )
+    })?;
     Ok(format!("{{{}}}", id.hyphenated()))
 }
 

@@ -104,7 +104,11 @@ pub async fn execute(server: &str, json_out: bool, cmd: &TaskCommand) -> Result<
         TaskCommand::Kill { ids } => {
             let client = connect(server).await?;
             let r = client
-                .call("rpc", "dispatcher", json!({"action": "kill", "job_id": ids}))
+                .call(
+                    "rpc",
+                    "dispatcher",
+                    json!({"action": "kill", "job_id": ids}),
+                )
                 .await?;
             if let Some(msg) = r.get("kill").and_then(action_error) {
                 return Err(Failure(msg.to_string(), EXIT_FAILED));

@@ -28,10 +28,7 @@ fn isos(dir: &Path) -> std::path::PathBuf {
 }
 
 fn is_task_id(s: &str) -> bool {
-    s.len() == 38
-        && s.starts_with('{')
-        && s.ends_with('}')
-        && uuid_like(&s[1..37])
+    s.len() == 38 && s.starts_with('{') && s.ends_with('}') && uuid_like(&s[1..37])
 }
 
 fn uuid_like(s: &str) -> bool {
@@ -94,7 +91,9 @@ fn assert_success_sequence(frames: &[Value], id: &str, name: &str, command: &str
     assert!(running
         .iter()
         .filter(|a| a.get("percent_done").is_some())
-        .all(|a| a["download_rate"].as_str().is_some_and(|r| r.ends_with("B/s"))
+        .all(|a| a["download_rate"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("B/s"))
             || a.get("download_rate").is_none()));
 }
 
@@ -120,7 +119,10 @@ async fn http_download_reply_events_and_bytes() {
     let frame = json!({"namespace": "sysadm", "name": "iohyve", "id": "fooid",
         "args": {"url": url, "action": "fetchiso"}});
     let reply = roundtrip(&mut ws, &frame.to_string()).await;
-    let id = reply["args"]["fetchiso"]["queueid"].as_str().unwrap().to_string();
+    let id = reply["args"]["fetchiso"]["queueid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(is_task_id(&id), "{id}");
     let command = format!("iohyve fetch {url}");
     assert_eq!(
@@ -144,7 +146,10 @@ async fn http_download_reply_events_and_bytes() {
             .join(format!("{}.toml", &id[1..37])),
     )
     .unwrap();
-    assert!(rec.contains("state = \"finished\"") && rec.contains("return_code = 0"), "{rec}");
+    assert!(
+        rec.contains("state = \"finished\"") && rec.contains("return_code = 0"),
+        "{rec}"
+    );
     // And the dispatcher lists it, in the event's shape.
     let t = &list(&c).await[&id];
     assert_eq!(t["state"], "finished");
@@ -168,13 +173,20 @@ async fn https_download_with_its_own_ca_and_checksum() {
     .await;
     c.subscribe(&["dispatcher"]).await.unwrap();
     let mut events = c.take_events().unwrap();
-    let id = fetch(&c, json!({"url": url, "sha256": sha256_hex(&data).to_uppercase()})).await;
+    let id = fetch(
+        &c,
+        json!({"url": url, "sha256": sha256_hex(&data).to_uppercase()}),
+    )
+    .await;
     let frames = events_until_finished(&mut events, &id, 120).await;
     assert_success_sequence(&frames, &id, "a.iso", &format!("iohyve fetch {url}"), false);
     assert_eq!(std::fs::read(isos(dir.path()).join("a.iso")).unwrap(), data);
     // A server whose certificate no trusted CA signed is refused.
     let id = fetch(&c, json!({"url": bad_url})).await;
-    let last = events_until_finished(&mut events, &id, 120).await.pop().unwrap();
+    let last = events_until_finished(&mut events, &id, 120)
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(return_code(&last["args"]), "1");
     let err = last["args"]["error"].as_str().unwrap();
     assert!(err.contains("certificate"), "{err}");
@@ -195,17 +207,30 @@ async fn ftp_download_with_user_and_password() {
     let url = format!("ftp://bob:s3cr%40t@127.0.0.1:{}/pub/netinst.iso", ftp.port);
     let r = c.iohyve("fetchiso", json!({"url": url})).await.unwrap();
     // The password is never shown.
-    let command = format!("iohyve fetch ftp://bob:***@127.0.0.1:{}/pub/netinst.iso", ftp.port);
+    let command = format!(
+        "iohyve fetch ftp://bob:***@127.0.0.1:{}/pub/netinst.iso",
+        ftp.port
+    );
     assert_eq!(r["command"], command);
     let id = r["queueid"].as_str().unwrap().to_string();
     let frames = events_until_finished(&mut events, &id, 120).await;
-    assert_eq!(return_code(&frames.last().unwrap()["args"]), "0", "{frames:#?}");
+    assert_eq!(
+        return_code(&frames.last().unwrap()["args"]),
+        "0",
+        "{frames:#?}"
+    );
     assert!(frames.iter().all(|f| !f.to_string().contains("s3cr")));
-    assert_eq!(std::fs::read(isos(dir.path()).join("netinst.iso")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(isos(dir.path()).join("netinst.iso")).unwrap(),
+        data
+    );
     // A wrong password fails the task with the server's refusal.
     let url = format!("ftp://bob:wrong@127.0.0.1:{}/pub/netinst.iso", ftp.port);
     let id = fetch(&c, json!({"url": url, "name": "other.iso"})).await;
-    let last = events_until_finished(&mut events, &id, 120).await.pop().unwrap();
+    let last = events_until_finished(&mut events, &id, 120)
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(return_code(&last["args"]), "1");
     let err = last["args"]["error"].as_str().unwrap();
     assert!(err.contains("login as 'bob' refused"), "{err}");
@@ -232,22 +257,47 @@ async fn file_urls_read_only_below_the_allowed_folders() {
     let id = fetch(&c, json!({"url": url})).await;
     let frames = events_until_finished(&mut events, &id, 120).await;
     assert_eq!(return_code(&frames.last().unwrap()["args"]), "0");
-    assert_eq!(std::fs::read(isos(dir.path()).join("local.iso")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(isos(dir.path()).join("local.iso")).unwrap(),
+        data
+    );
 
     let before = snapshot(dir.path());
     let tasks_before = list(&c).await.len();
     for (bad, why) in [
-        (format!("file://{}/secret.iso", dir.path().display()), "outside the folders"),
-        (format!("file://{}", root.join("escape.iso").display()), "outside the folders"),
-        (format!("file://{}/sub/../../secret.iso", root.display()), "outside the folders"),
-        (format!("file://{}/missing.iso", root.display()), "there is no file"),
-        (format!("file://{}/sub", root.display()), "not a regular file"),
+        (
+            format!("file://{}/secret.iso", dir.path().display()),
+            "outside the folders",
+        ),
+        (
+            format!("file://{}", root.join("escape.iso").display()),
+            "outside the folders",
+        ),
+        (
+            format!("file://{}/sub/../../secret.iso", root.display()),
+            "outside the folders",
+        ),
+        (
+            format!("file://{}/missing.iso", root.display()),
+            "there is no file",
+        ),
+        (
+            format!("file://{}/sub", root.display()),
+            "not a regular file",
+        ),
     ] {
-        let e = c.iohyve("fetchiso", json!({"url": bad, "name": "x.iso"})).await.unwrap_err();
+        let e = c
+            .iohyve("fetchiso", json!({"url": bad, "name": "x.iso"}))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains(why), "{bad}: {e}");
     }
     assert_unchanged(&before, &snapshot(dir.path()), "refused file:// URLs");
-    assert_eq!(list(&c).await.len(), tasks_before, "a refused request made a task");
+    assert_eq!(
+        list(&c).await.len(),
+        tasks_before,
+        "a refused request made a task"
+    );
     drop(server);
 }
 
@@ -307,15 +357,21 @@ async fn each_failure_finishes_with_an_error_and_no_file() {
     for (id, (what, _, why)) in ids.iter().zip(&cases) {
         let last = &all[id].last().unwrap()["args"];
         assert_eq!(return_code(last), "1", "{what}: {last}");
-        let err = last["error"].as_str().unwrap_or_else(|| panic!("{what}: no error in {last}"));
+        let err = last["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error in {last}"));
         assert!(err.contains(why), "{what}: {err}");
-        assert!(err.ends_with(|c: char| c.is_alphanumeric() || ".)'".contains(c)), "{what}: {err}");
+        assert!(
+            err.ends_with(|c: char| c.is_alphanumeric() || ".)'".contains(c)),
+            "{what}: {err}"
+        );
     }
     assert_store(dir.path(), &[]);
     // The interrupted one was resumed once with a Range request first.
     let seen = origin.seen();
     assert!(
-        seen.iter().any(|s| s.path == "/close.iso" && s.range.as_deref() == Some("bytes=200000-")),
+        seen.iter()
+            .any(|s| s.path == "/close.iso" && s.range.as_deref() == Some("bytes=200000-")),
         "{seen:#?}"
     );
 }
@@ -334,8 +390,16 @@ async fn an_interrupted_download_resumes_with_a_range_request() {
     let mut events = c.take_events().unwrap();
     let id = fetch(&c, json!({"url": url, "sha256": sha256_hex(&data)})).await;
     let frames = events_until_finished(&mut events, &id, 120).await;
-    assert_eq!(return_code(&frames.last().unwrap()["args"]), "0", "{}", server.log());
-    assert_eq!(std::fs::read(isos(dir.path()).join("resume.iso")).unwrap(), data);
+    assert_eq!(
+        return_code(&frames.last().unwrap()["args"]),
+        "0",
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        std::fs::read(isos(dir.path()).join("resume.iso")).unwrap(),
+        data
+    );
     let seen = origin.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(seen[0].range, None);
@@ -376,30 +440,55 @@ async fn kill_through_the_dispatcher() {
     let id = fetch(&c, json!({"url": url})).await;
     wait_for_progress(&mut events, &id).await;
     assert!(names_in(&isos(dir.path())).contains(&"slow.iso.part".to_string()));
+    // One download per name at a time.
+    let e = c.iohyve("fetchiso", json!({"url": url})).await.unwrap_err();
+    assert!(
+        e.to_string().contains("being downloaded already, by task"),
+        "{e}"
+    );
     // Over REST, as any client could.
     let (status, body) = server
-        .rest("/rpc/dispatcher", &json!({"action": "kill", "job_id": id}).to_string())
+        .rest(
+            "/rpc/dispatcher",
+            &json!({"action": "kill", "job_id": id}).to_string(),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"args": {"killed": {"jobs": [id]}}}));
     // When kill answers, the partial file is gone.
     assert_store(dir.path(), &[]);
-    let last = events_until_finished(&mut events, &id, 60).await.pop().unwrap();
+    let last = events_until_finished(&mut events, &id, 60)
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(return_code(&last["args"]), "130");
-    assert_eq!(last["args"]["error"], "the task was killed before it finished");
+    assert_eq!(
+        last["args"]["error"],
+        "the task was killed before it finished"
+    );
     assert_eq!(return_code(&list(&c).await[&id]), "130");
     // Killing it again, or an unknown or malformed id, is an error.
     for (job, status, msg) in [
         (json!(id), 409, "has finished already"),
-        (json!("{b3a8b980-a564-4ff8-86a2-1971bd4f58d1}"), 404, "No task"),
+        (
+            json!("{b3a8b980-a564-4ff8-86a2-1971bd4f58d1}"),
+            404,
+            "No task",
+        ),
         (json!("../etc"), 400, "invalid task id"),
         (json!(7), 400, "must be a task id"),
     ] {
         let (s, b) = server
-            .rest("/rpc/dispatcher", &json!({"action": "kill", "job_id": job}).to_string())
+            .rest(
+                "/rpc/dispatcher",
+                &json!({"action": "kill", "job_id": job}).to_string(),
+            )
             .await;
         assert_eq!(s, status, "{b}");
-        assert!(b["args"]["kill"]["error"].as_str().unwrap().contains(msg), "{b}");
+        assert!(
+            b["args"]["kill"]["error"].as_str().unwrap().contains(msg),
+            "{b}"
+        );
     }
 }
 
@@ -424,7 +513,11 @@ async fn tasks_beyond_the_limit_wait_as_pending() {
             .unwrap()
             .unwrap();
         let a = &f["args"];
-        let who = if a["process_details"]["process_id"] == json!(ida) { "a" } else { "b" };
+        let who = if a["process_details"]["process_id"] == json!(ida) {
+            "a"
+        } else {
+            "b"
+        };
         let state = a["state"].as_str().unwrap().to_string();
         if state == "finished" {
             finished += 1;
@@ -460,14 +553,22 @@ async fn a_restart_mid_download_resumes_it() {
     let part = isos(dir.path()).join("big.iso.part");
     let had = std::fs::metadata(&part).unwrap().len();
     assert!(had > 0);
+    // A partial file no task owns (a crash of some other kind) is cleared.
+    std::fs::write(isos(dir.path()).join("stray.iso.part"), b"half").unwrap();
     let cfg = dir.path().join("config/hyve.toml");
-    let server = TestServer::start_with(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let server = TestServer::start_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
     let c = server.client().await;
     // The partial file is never listed as an ISO.
     assert_eq!(c.iohyve("listisos", json!({})).await.unwrap(), json!([]));
     let t = wait_finished(&c, &id, 180).await;
     assert_eq!(return_code(&t), "0", "{t}");
-    assert_eq!(std::fs::read(isos(dir.path()).join("big.iso")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(isos(dir.path()).join("big.iso")).unwrap(),
+        data
+    );
     assert_store(dir.path(), &["big.iso"]);
     // It went on from where it was, guarded by the validator it recorded.
     let seen = origin.seen();
@@ -481,7 +582,10 @@ async fn a_restart_mid_download_resumes_it() {
         .unwrap_or_else(|| panic!("no Range on resume: {seen:#?}"));
     assert!(from >= had, "resumed from {from}, had {had}");
     assert_eq!(resumed.if_range.as_deref(), Some(ETAG));
-    assert_eq!(c.iohyve("listisos", json!({})).await.unwrap(), json!(["big.iso"]));
+    assert_eq!(
+        c.iohyve("listisos", json!({})).await.unwrap(),
+        json!(["big.iso"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,20 +602,41 @@ async fn hostile_input_is_refused_at_once_and_changes_nothing() {
     std::fs::write(isos(dir.path()).join("taken.iso"), b"mine").unwrap();
     let ok = format!("{}/fine.iso", origin.base);
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"url": "gopher://example.org/a.iso"}), "unsupported URL scheme 'gopher'"),
-        (json!({"url": "javascript:alert(1)"}), "unsupported URL scheme"),
-        (json!({"url": "scp://host/a.iso"}), "unsupported URL scheme 'scp'"),
+        (
+            json!({"url": "gopher://example.org/a.iso"}),
+            "unsupported URL scheme 'gopher'",
+        ),
+        (
+            json!({"url": "javascript:alert(1)"}),
+            "unsupported URL scheme",
+        ),
+        (
+            json!({"url": "scp://host/a.iso"}),
+            "unsupported URL scheme 'scp'",
+        ),
         (json!({"url": "no url at all"}), "spaces"),
-        (json!({"url": ok, "name": "../escape.iso"}), "invalid ISO name"),
+        (
+            json!({"url": ok, "name": "../escape.iso"}),
+            "invalid ISO name",
+        ),
         (json!({"url": ok, "name": "a/b.iso"}), "invalid ISO name"),
         (json!({"url": ok, "name": ".."}), "invalid ISO name"),
         (json!({"url": ok, "name": "-rf.iso"}), "invalid ISO name"),
         (json!({"url": ok, "name": "x.iso.part"}), "reserved"),
-        (json!({"url": format!("{}/..%2F..%2Fetc%2Fpasswd", origin.base)}), "invalid ISO name"),
-        (json!({"url": format!("{}/dir/", origin.base)}), "does not end in a file name"),
+        (
+            json!({"url": format!("{}/..%2F..%2Fetc%2Fpasswd", origin.base)}),
+            "invalid ISO name",
+        ),
+        (
+            json!({"url": format!("{}/dir/", origin.base)}),
+            "does not end in a file name",
+        ),
         (json!({"url": "file:///etc/passwd"}), "outside the folders"),
         (json!({"url": ok, "name": "taken.iso"}), "already exists"),
-        (json!({"url": format!("{}/taken.iso", origin.base)}), "already exists"),
+        (
+            json!({"url": format!("{}/taken.iso", origin.base)}),
+            "already exists",
+        ),
         (json!({"url": ok, "sha256": "abc"}), "not a SHA-256 digest"),
         (json!({"url": 5}), "must be a string"),
     ];
@@ -525,7 +650,10 @@ async fn hostile_input_is_refused_at_once_and_changes_nothing() {
     }
     assert_unchanged(&before, &snapshot(dir.path()), "hostile fetchiso");
     assert!(list(&c).await.is_empty(), "a refused request made a task");
-    assert!(origin.seen().is_empty(), "a refused request reached the network");
+    assert!(
+        origin.seen().is_empty(),
+        "a refused request reached the network"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,5 +667,43 @@ async fn fetchiso_needs_setup() {
         )
         .await;
     assert_eq!(status, 409);
-    assert!(body["args"]["fetchiso"]["error"].as_str().unwrap().contains("not set up"));
+    assert!(body["args"]["fetchiso"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not set up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iso_that_appears_meanwhile_is_never_overwritten() {
+    let dir = data_dir();
+    let origin = Origin::http().await;
+    let url = origin.put(
+        "/race.iso",
+        File::new(content(1 << 20)).slowly(64 * 1024, Duration::from_millis(30)),
+    );
+    let (_server, c) = server_with(dir.path(), "").await;
+    c.subscribe(&["dispatcher"]).await.unwrap();
+    let mut events = c.take_events().unwrap();
+    let id = fetch(&c, json!({"url": url})).await;
+    wait_for_progress(&mut events, &id).await;
+    // While it downloads, an ISO of that name arrives by a rename.
+    std::fs::write(isos(dir.path()).join("mine.iso"), b"precious").unwrap();
+    c.iohyve(
+        "renameiso",
+        json!({"source": "mine.iso", "target": "race.iso"}),
+    )
+    .await
+    .unwrap();
+    let last = events_until_finished(&mut events, &id, 120)
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(return_code(&last["args"]), "1");
+    let err = last["args"]["error"].as_str().unwrap();
+    assert!(err.contains("appeared while downloading"), "{err}");
+    assert_eq!(
+        std::fs::read(isos(dir.path()).join("race.iso")).unwrap(),
+        b"precious"
+    );
+    assert_store(dir.path(), &["race.iso"]);
 }

@@ -252,8 +252,9 @@ impl Config {
         }
         let mut pems = Vec::new();
         for p in &f.ca_files {
-            let pem = std::fs::read(p)
-                .map_err(|e| anyhow::anyhow!("[fetch] ca_files: cannot read {}: {e}", p.display()))?;
+            let pem = std::fs::read(p).map_err(|e| {
+                anyhow::anyhow!("[fetch] ca_files: cannot read {}: {e}", p.display())
+            })?;
             pems.push(pem);
         }
         Ok(hyve_engine::fetch::FetchConfig {
@@ -330,7 +331,11 @@ mod tests {
         assert!(c.check().is_err());
         let mut c = Config::default();
         c.fetch.file_roots = vec!["/nonexistent-hyve-root".into()];
-        assert!(c.fetch_config().unwrap_err().to_string().contains("file_roots"));
+        assert!(c
+            .fetch_config()
+            .unwrap_err()
+            .to_string()
+            .contains("file_roots"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{finish_part, io_failure, open_part, FetchConfig, Failure, Job, Reporter, BUF_SIZE};
+use super::{finish_part, io_failure, open_part, Failure, FetchConfig, Job, Reporter, BUF_SIZE};
 use crate::validate::quote;
 
 /// The canonical path of the file `url` names and the root it is below;
@@ -47,7 +47,8 @@ pub fn resolve(url: &url::Url, roots: &[PathBuf]) -> Result<(PathBuf, PathBuf), 
                     .join(", ")
             )
         })?;
-    let meta = std::fs::metadata(&canon).map_err(|e| format!("cannot read {}: {e}", quote(&shown)))?;
+    let meta =
+        std::fs::metadata(&canon).map_err(|e| format!("cannot read {}: {e}", quote(&shown)))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", quote(&shown)));
     }
@@ -58,7 +59,10 @@ pub fn resolve(url: &url::Url, roots: &[PathBuf]) -> Result<(PathBuf, PathBuf), 
 /// leaves `root` on the way.
 fn open_beneath(root: &Path, canon: &Path) -> std::io::Result<std::fs::File> {
     let rel = canon.strip_prefix(root).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::PermissionDenied, "outside the allowed folders")
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "outside the allowed folders",
+        )
     })?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {

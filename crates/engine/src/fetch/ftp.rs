@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::http::of_total;
+use super::{finish_part, io_failure, open_part, Failure, FetchConfig, Job, Reporter, BUF_SIZE};
 use crate::validate::percent_decode;
-use super::{finish_part, io_failure, open_part, FetchConfig, Failure, Job, Reporter, BUF_SIZE};
 
 /// Percent-decoding of the user, password or path of a URL.
 fn decode(what: &str, s: &str) -> Result<String, Failure> {
@@ -81,7 +81,9 @@ async fn transfer(cfg: &FetchConfig, job: &Job, report: &dyn Reporter) -> Result
     // login lands (`%2F` at its start makes it absolute).
     let path = decode("path", url.path().strip_prefix('/').unwrap_or(url.path()))?;
     if path.is_empty() || path.ends_with('/') {
-        return Err(Failure::Failed(format!("the URL names a folder of {hp}, not a file")));
+        return Err(Failure::Failed(format!(
+            "the URL names a folder of {hp}, not a file"
+        )));
     }
     let total = match tokio::time::timeout(stall, ftp.size(&path)).await {
         Ok(Ok(n)) => Some(n as u64),

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{finish_part, io_failure, open_part, redact, FetchConfig, Failure, Job, Reporter};
+use super::{finish_part, io_failure, open_part, redact, Failure, FetchConfig, Job, Reporter};
 use crate::error::Error;
 
 /// The http client every download shares: connect timeout, bounded
@@ -132,7 +132,10 @@ pub async fn download(
             Ok(len) => return Ok(len),
             Err(Interrupted::Fatal(f)) => return Err(f),
             Err(Interrupted::Resumable(why)) => {
-                let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+                let have = tokio::fs::metadata(&part)
+                    .await
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 if attempts >= cfg.retries || validator.is_none() {
                     return Err(Failure::Failed(why));
                 }

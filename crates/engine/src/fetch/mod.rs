@@ -256,7 +256,9 @@ pub async fn remove_part(path: &Path) {
     match tokio::fs::remove_file(path).await {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a partial download"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a partial download")
+        }
     }
 }
 

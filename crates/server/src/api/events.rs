@@ -88,10 +88,19 @@ pub async fn handle(app: &App, session: &Session, name: &str, args: &Value) -> O
     // Unknown names are skipped; the reply names the last valid one.
     let valid: Vec<&str> = names
         .iter()
-        .filter_map(|n| KNOWN_EVENTS.iter().copied().find(|k| k.eq_ignore_ascii_case(n)))
+        .filter_map(|n| {
+            KNOWN_EVENTS
+                .iter()
+                .copied()
+                .find(|k| k.eq_ignore_ascii_case(n))
+        })
         .collect();
     let last = valid.last().copied().unwrap_or("");
-    let mut active = session.events.active.lock().expect("session events poisoned");
+    let mut active = session
+        .events
+        .active
+        .lock()
+        .expect("session events poisoned");
     if name == "subscribe" {
         let a = active.get_or_insert_with(|| {
             let sub = Arc::new(app.events.subscribe());
