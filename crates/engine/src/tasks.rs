@@ -581,6 +581,15 @@ impl Dispatcher {
             e.rec.fetch.validator = None;
             result.is_ok()
         };
+        if result.is_err() {
+            // The download removes its partial file itself; this covers a
+            // task killed while pending with a partial file from before a
+            // restart.
+            if let Some(rec) = self.record(id) {
+                let dir = self.engine.store().iso_dir(&rec.fetch.pool);
+                fetch::remove_part(&dir.join(format!("{}{PARTIAL_SUFFIX}", rec.fetch.name))).await;
+            }
+        }
         match &result {
             Ok(len) => info!(task = %id, bytes = len, "task finished"),
             Err(f) => info!(task = %id, error = %f.message(), "task failed"),

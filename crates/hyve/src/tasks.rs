@@ -169,6 +169,9 @@ async fn fetch(
             .expect("the template is valid")
             .progress_chars("=> "),
     );
+    bar.println(format!(
+        "Task {id} (Ctrl-C leaves it running; `hyve kill '{id}'` stops it)"
+    ));
     bar.enable_steady_tick(Duration::from_millis(250));
     loop {
         let Some(frame) = events.recv().await else {

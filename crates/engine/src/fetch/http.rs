@@ -100,6 +100,8 @@ fn validator_of(resp: &reqwest::Response) -> Option<String> {
 enum Interrupted {
     /// Worth resuming: the connection dropped or stalled mid-body.
     Resumable(String),
+    /// The partial file cannot be resumed: start over from the first byte.
+    Restart(String),
     /// Not worth another try.
     Fatal(Failure),
 }
@@ -131,6 +133,15 @@ pub async fn download(
         match r {
             Ok(len) => return Ok(len),
             Err(Interrupted::Fatal(f)) => return Err(f),
+            Err(Interrupted::Restart(why)) => {
+                if attempts >= cfg.retries {
+                    return Err(Failure::Failed(why));
+                }
+                attempts += 1;
+                tracing::info!(url = %redact(&job.url), reason = %why, "starting an interrupted download over");
+                offset = 0;
+                validator = None;
+            }
             Err(Interrupted::Resumable(why)) => {
                 let have = tokio::fs::metadata(&part)
                     .await
@@ -214,8 +225,7 @@ async fn attempt(
                 report.progress(offset, Some(offset));
                 return Ok(offset);
             }
-            *validator = None;
-            return Err(Interrupted::Resumable(
+            return Err(Interrupted::Restart(
                 "the server refused to resume the download".into(),
             ));
         }
