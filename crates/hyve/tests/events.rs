@@ -182,3 +182,76 @@ async fn twenty_subscribers_one_never_reads() {
     );
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_loses_no_state_event() {
+    const TASKS: usize = 120;
+    let dir = data_dir();
+    let root = dir.path().join("isos");
+    std::fs::create_dir_all(&root).unwrap();
+    let data = content(64 * 1024);
+    std::fs::write(root.join("src.iso"), &data).unwrap();
+    let cfg = dir.path().join("hyve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tasks]\nmax_concurrent = 8\n[fetch]\nfile_roots = [{:?}]\n",
+            root.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let data_dir = dir.path().join("data");
+    let server = TestServer::start_with(&data_dir, &["--config", cfg.to_str().unwrap()]);
+    let c = server.client().await;
+    setup(&c).await;
+    // Subscribes, then reads nothing until every task has finished.
+    let mut stuck = server.raw_ws_tiny_window("/").await;
+    stuck
+        .send(Message::Text(
+            frame("subscribe", "s", json!("dispatcher")).into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut stuck).await["args"],
+        json!({"subscribe": "dispatcher"})
+    );
+    c.subscribe(&["dispatcher"]).await.unwrap();
+    let mut events = c.take_events().unwrap();
+    let url = format!("file://{}", root.join("src.iso").display());
+    let mut ids = Vec::new();
+    for i in 0..TASKS {
+        let r = c
+            .iohyve("fetchiso", json!({"url": url, "name": format!("n{i}.iso")}))
+            .await
+            .unwrap();
+        ids.push(r["queueid"].as_str().unwrap().to_string());
+    }
+    // The reader that keeps up sees every task end, and every ISO is there.
+    let seen = events_until_all_finished(&mut events, &ids, 300).await;
+    for id in &ids {
+        assert_eq!(return_code(&seen[id].last().unwrap()["args"]), "0");
+    }
+    assert_eq!(names_in(&iso_dir(&data_dir)).len(), TASKS);
+    // The stuck one, once it reads, gets every state of every task, in order.
+    let mut states: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut finished = 0;
+    while finished < TASKS {
+        let f = next_json(&mut stuck).await;
+        let id = f["args"]["process_details"]["process_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let s = f["args"]["state"].as_str().unwrap().to_string();
+        if s == "finished" {
+            finished += 1;
+        }
+        let v = states.entry(id).or_default();
+        if v.last() != Some(&s) {
+            v.push(s);
+        }
+    }
+    for id in &ids {
+        assert_eq!(states[id], ["pending", "running", "finished"], "{id}");
+    }
+}

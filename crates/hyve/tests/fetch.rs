@@ -189,7 +189,11 @@ async fn https_download_with_its_own_ca_and_checksum() {
         .unwrap();
     assert_eq!(return_code(&last["args"]), "1");
     let err = last["args"]["error"].as_str().unwrap();
-    assert!(err.contains("certificate"), "{err}");
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert!(err.contains("[fetch] ca_files"), "{err}");
     assert_store(dir.path(), &["a.iso"]);
 }
 

@@ -58,6 +58,11 @@ fn describe(e: &reqwest::Error, url: &url::Url) -> String {
         if e.is_timeout() {
             return format!("could not connect to {host}:{port}: timed out");
         }
+        if cause.contains("certificate") {
+            return format!(
+                "could not connect to {host}:{port}: {cause}; if a private CA signed its certificate, add that CA to the config's [fetch] ca_files"
+            );
+        }
         return format!("could not connect to {host}:{port}: {cause}");
     }
     if e.is_timeout() {

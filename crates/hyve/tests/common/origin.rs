@@ -293,8 +293,11 @@ fn tls_config() -> (String, rustls::ServerConfig) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "hyve test CA");
+    // A name of its own, as two real CAs would have.
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("hyve test CA {}", rand_suffix()),
+    );
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
@@ -313,6 +316,13 @@ fn tls_config() -> (String, rustls::ServerConfig) {
         )
         .unwrap();
     (ca_cert.pem(), config)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
 }
 
 /// A real FTP server (pyftpdlib) serving `root` read-only to one user.
