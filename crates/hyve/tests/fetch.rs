@@ -154,6 +154,27 @@ async fn http_download_reply_events_and_bytes() {
     let t = &list(&c).await[&id];
     assert_eq!(t["state"], "finished");
     assert_eq!(return_code(t), "0");
+    // Over REST, the request as the API document writes it.
+    let small = origin.put("/pub/rest.iso", File::new(content(1000)));
+    let (status, body) = server
+        .rest(
+            "/sysadm/iohyve",
+            &json!({"url": small, "action": "fetchiso"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let rid = body["args"]["fetchiso"]["queueid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(is_task_id(&rid) && rid != id, "{rid}");
+    assert_eq!(
+        body,
+        json!({"args": {"fetchiso": {"command": format!("iohyve fetch {small}"),
+            "comment": "Task Queued", "queueid": rid}}})
+    );
+    events_until_finished(&mut events, &rid, 120).await;
+    assert_store(dir.path(), &[name, "rest.iso"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,6 +611,19 @@ async fn a_restart_mid_download_resumes_it() {
         c.iohyve("listisos", json!({})).await.unwrap(),
         json!(["big.iso"])
     );
+    // A finished task is still listed after another restart.
+    drop(c);
+    drop(server);
+    let server = TestServer::start_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = server.client().await;
+    let t = &list(&c).await[&id];
+    assert_eq!(
+        (t["state"].clone(), return_code(t)),
+        (json!("finished"), "0".to_string())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,7 +717,7 @@ async fn an_iso_that_appears_meanwhile_is_never_overwritten() {
     let origin = Origin::http().await;
     let url = origin.put(
         "/race.iso",
-        File::new(content(1 << 20)).slowly(64 * 1024, Duration::from_millis(30)),
+        File::new(content(3 << 20)).slowly(64 * 1024, Duration::from_millis(30)),
     );
     let (_server, c) = server_with(dir.path(), "").await;
     c.subscribe(&["dispatcher"]).await.unwrap();
