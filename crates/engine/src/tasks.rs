@@ -770,6 +770,126 @@ impl Reporter for TaskReporter {
 mod tests {
     use super::*;
 
+    use crate::store::dir::DirStore;
+    use crate::validate::Limits;
+
+    /// An engine over a fresh dir store, set up with pool `tank`.
+    async fn engine(root: &std::path::Path) -> Arc<Engine> {
+        let store = Arc::new(DirStore::new(root, Default::default()));
+        let e = Arc::new(Engine::open(store, Limits::default()).unwrap());
+        e.setup("tank", "re0").await.unwrap();
+        e
+    }
+
+    fn record(id: &str, state: TaskState, restarts: u32, url: &str, name: &str) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            command: format!("iohyve fetch {url}"),
+            state,
+            created: "2026-01-01T00:00:00.000Z".into(),
+            started: Some("2026-01-01T00:00:01Z".into()),
+            finished: None,
+            return_code: None,
+            error: None,
+            restarts,
+            fetch: FetchSpec {
+                url: url.into(),
+                name: name.into(),
+                pool: "tank".into(),
+                sha256: None,
+                validator: None,
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_cut_short_are_resumed_or_given_up() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path()).await;
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.iso"), b"the iso").unwrap();
+        let url = url::Url::from_file_path(src.join("a.iso"))
+            .unwrap()
+            .to_string();
+        let tasks_dir = d.path().join("hyve/tasks");
+        std::fs::create_dir_all(&tasks_dir).unwrap();
+        let again = "{11111111-1111-4111-8111-111111111111}";
+        let given_up = "{22222222-2222-4222-8222-222222222222}";
+        for rec in [
+            record(again, TaskState::Running, 0, &url, "again.iso"),
+            record(given_up, TaskState::Running, MAX_RESTARTS, &url, "lost.iso"),
+        ] {
+            std::fs::write(record_file(&tasks_dir, &rec.id), encode(&rec)).unwrap();
+        }
+        let iso_dir = e.store().iso_dir("tank");
+        std::fs::write(iso_dir.join("again.iso.part"), b"the").unwrap();
+        std::fs::write(iso_dir.join("lost.iso.part"), b"th").unwrap();
+        std::fs::write(iso_dir.join("stray.iso.part"), b"x").unwrap();
+        let bus = EventBus::new();
+        let sub = bus.subscribe();
+        sub.add_names([EVENT_NAME]);
+        let fetcher = Fetcher::new(crate::fetch::FetchConfig {
+            file_roots: vec![std::fs::canonicalize(&src).unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+        let disp = Dispatcher::open(
+            tasks_dir.clone(),
+            e.clone(),
+            bus.clone(),
+            fetcher,
+            TaskLimits::default(),
+        )
+        .unwrap();
+        disp.start().await;
+        // The one given up is finished at once, as failed; its file is gone.
+        let r = disp.record(given_up).unwrap();
+        assert_eq!(r.state, TaskState::Finished);
+        assert_eq!(r.return_code, Some(RC_FAILED));
+        assert!(r.error.unwrap().contains("stopped 3 times"));
+        // The other runs again to the end.
+        let mut states = Vec::new();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if ev.payload["process_details"]["process_id"] != again {
+                continue;
+            }
+            let s = ev.payload["state"].as_str().unwrap().to_string();
+            if states.last() != Some(&s) {
+                states.push(s.clone());
+            }
+            if s == "finished" {
+                assert_eq!(
+                    ev.payload["process_details"][format!("return_codes/iohyve fetch {url}")],
+                    "0"
+                );
+                break;
+            }
+        }
+        assert_eq!(states, ["pending", "running", "finished"]);
+        assert_eq!(disp.record(again).unwrap().restarts, 1);
+        let mut names: Vec<String> = std::fs::read_dir(&iso_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["again.iso"]);
+        assert_eq!(
+            std::fs::read(iso_dir.join("again.iso")).unwrap(),
+            b"the iso"
+        );
+        // Both records say how they ended.
+        let text = std::fs::read_to_string(record_file(&tasks_dir, given_up)).unwrap();
+        assert!(
+            text.contains("state = \"finished\"") && text.contains("return_code = 1"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn rates_for_people() {
         assert_eq!(human_rate(512.0), "512 B/s");
