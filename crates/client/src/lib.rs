@@ -177,6 +177,14 @@ impl Client {
         Ok(inner)
     }
 
+    /// Subscribes this connection to event names (`dispatcher`); the
+    /// events then arrive on [`Client::take_events`]. Returns the reply's
+    /// last valid name (empty if none was known to the server).
+    pub async fn subscribe(&self, names: &[&str]) -> Result<String, ClientError> {
+        let r = self.call("events", "subscribe", json!(names)).await?;
+        Ok(r["subscribe"].as_str().unwrap_or("").to_string())
+    }
+
     /// Sends a raw text frame (tests use it for malformed input).
     pub async fn send_text(&self, text: String) -> Result<(), ClientError> {
         self.out

@@ -230,7 +230,8 @@ impl Engine {
         Ok(rec)
     }
 
-    fn setup_or_err(&self) -> Result<SetupRecord> {
+    /// The setup record, or the error every action that needs setup gives.
+    pub fn setup_or_err(&self) -> Result<SetupRecord> {
         self.read().setup.clone().ok_or_else(not_set_up)
     }
 

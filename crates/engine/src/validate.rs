@@ -258,6 +258,131 @@ pub fn printable_text(what: &str, s: &str, max_chars: usize) -> Result<(), Strin
     Ok(())
 }
 
+/// The URL schemes `fetchiso` downloads from.
+pub const FETCH_SCHEMES: [&str; 4] = ["http", "https", "ftp", "file"];
+
+/// The longest URL `fetchiso` takes.
+const MAX_URL_LEN: usize = 4096;
+
+/// A `fetchiso` URL: parsed, of a scheme we download from, with a host for
+/// the network schemes and none (or `localhost`) for `file://`. The scheme
+/// is checked before anything else so that `gopher://` gets a sentence about
+/// schemes, not about hosts.
+pub fn fetch_url(s: &str) -> Result<url::Url, String> {
+    if s.is_empty() {
+        return Err("the URL must not be empty".into());
+    }
+    if s.len() > MAX_URL_LEN {
+        return Err(format!(
+            "the URL {} is too long: at most {MAX_URL_LEN} characters",
+            quote(s)
+        ));
+    }
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "the URL {} contains spaces or control characters",
+            quote(s)
+        ));
+    }
+    let url = url::Url::parse(s).map_err(|e| format!("the URL {} is not valid: {e}", quote(s)))?;
+    let scheme = url.scheme();
+    if !FETCH_SCHEMES.contains(&scheme) {
+        return Err(format!(
+            "unsupported URL scheme '{}': fetchiso downloads http://, https://, ftp:// and file:// URLs",
+            quote(scheme).trim_matches('\'')
+        ));
+    }
+    match scheme {
+        "file" => {
+            if !matches!(url.host_str(), None | Some("") | Some("localhost")) {
+                return Err(format!(
+                    "the URL {} names a host: file:// URLs read files of this server only",
+                    quote(s)
+                ));
+            }
+            if url.query().is_some() {
+                return Err(format!(
+                    "the URL {} has a query: a file:// URL is a path only",
+                    quote(s)
+                ));
+            }
+        }
+        _ => {
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(format!("the URL {} has no host", quote(s)));
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// The ISO name a URL gives by default: the last segment of its path,
+/// percent-decoded, held to the ISO name rules (so `..%2F` is refused).
+pub fn iso_name_from_url(url: &url::Url) -> Result<String, String> {
+    let last = url
+        .path_segments()
+        .and_then(|mut segs| segs.next_back())
+        .unwrap_or("");
+    if last.is_empty() {
+        return Err(format!(
+            "the URL {} does not end in a file name: give the ISO a name",
+            quote(url.as_str())
+        ));
+    }
+    let name = percent_decode(last)
+        .ok_or_else(|| format!("the file name {} in the URL is not UTF-8", quote(last)))?;
+    iso_name(&name).map_err(|e| format!("{e} (taken from the URL; give the ISO a name)"))?;
+    Ok(name)
+}
+
+/// `%XX` decoding (of a path segment, a user name...); `None` if the
+/// bytes are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A SHA-256 digest in hex (64 digits, either case), returned lower-case.
+pub fn sha256_hex(s: &str) -> Result<String, String> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "the sha256 {} is not a SHA-256 digest: 64 hexadecimal digits",
+            quote(s)
+        ));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// A task id as the dispatcher gives it, `{<uuid>}`; the braces may be
+/// left out. Returned in the braced, lower-case form.
+pub fn task_id(s: &str) -> Result<String, String> {
+    let inner = s
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(s);
+    let id = uuid::Uuid::try_parse(inner).map_err(|_| {
+        format!(
+            "invalid task id {}: task ids look like {{<uuid>}}",
+            quote(s)
+        )
+    })?;
+    Ok(format!("{{{}}}", id.hyphenated()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +459,64 @@ mod tests {
         assert!(ram_size("256M", &l).is_ok());
         assert!(ram_size("8M", &l).is_err());
         assert!(ram_size("1025K", &l).is_err());
+    }
+
+    #[test]
+    fn fetch_urls() {
+        for ok in [
+            "http://example.org/a.iso",
+            "https://example.org:8443/pub/x.iso?x=1",
+            "ftp://user:pw@ftp.example.org/pub/a.iso",
+            "file:///srv/isos/a.iso",
+            "file://localhost/srv/isos/a.iso",
+        ] {
+            fetch_url(ok).unwrap();
+        }
+        let e = fetch_url("gopher://example.org/a.iso").unwrap_err();
+        assert!(e.starts_with("unsupported URL scheme 'gopher'"), "{e}");
+        for bad in [
+            "",
+            "not a url",
+            "http://",
+            "ftp://:21/a.iso",
+            "file://otherhost/a.iso",
+            "http://example.org/a b.iso",
+            "http://example.org/a\n.iso",
+            "javascript:alert(1)",
+            "data:text/plain,hi",
+        ] {
+            assert!(fetch_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_from_urls() {
+        let n = |s: &str| iso_name_from_url(&fetch_url(s).unwrap());
+        assert_eq!(n("http://h/pub/FreeBSD-14.iso").unwrap(), "FreeBSD-14.iso");
+        assert_eq!(n("http://h/a%2Bb.iso?q=1").unwrap(), "a+b.iso");
+        for bad in [
+            "http://h/",
+            "http://h/dir/",
+            "http://h/..%2F..%2Fetc%2Fpasswd",
+            "http://h/%2E%2E",
+            "http://h/x.iso.part",
+            "http://h/-rf.iso",
+            "http://h/a%00b",
+        ] {
+            assert!(n(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn digests_and_task_ids() {
+        let h = "AB".repeat(32);
+        assert_eq!(sha256_hex(&h).unwrap(), "ab".repeat(32));
+        assert!(sha256_hex("abc").is_err());
+        assert!(sha256_hex(&"g".repeat(64)).is_err());
+        let id = "{b3a8b980-a564-4ff8-86a2-1971bd4f58d1}";
+        assert_eq!(task_id(id).unwrap(), id);
+        assert_eq!(task_id(&id[1..37]).unwrap(), id);
+        assert!(task_id("{../x}").is_err());
+        assert!(task_id("").is_err());
     }
 }

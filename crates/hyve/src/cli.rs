@@ -85,6 +85,8 @@ pub enum ClientCommand {
         #[arg(required = true, value_name = "PROP=VALUE")]
         props: Vec<String>,
     },
+    #[command(flatten)]
+    Task(crate::tasks::TaskCommand),
 }
 
 /// An error for the user: the sentence and the exit status.
@@ -153,6 +155,9 @@ fn s(v: &Value) -> String {
 async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<String, Failure> {
     if let ClientCommand::Console { name } = &cmd {
         return crate::console::run(server, name).await;
+    }
+    if let ClientCommand::Task(t) = &cmd {
+        return crate::tasks::execute(server, json_out, t).await;
     }
     // Arguments are checked before connecting, so usage errors need no server.
     let (action, args) = request_for(&cmd)?;
@@ -279,6 +284,7 @@ fn request_for(cmd: &ClientCommand) -> Result<(&'static str, Value), Failure> {
             }
             ("setprop", a)
         }
+        C::Task(_) => unreachable!("task commands are run by tasks::execute"),
     })
 }
 
@@ -366,5 +372,6 @@ fn human(cmd: &ClientCommand, r: &Value) -> String {
             .iter()
             .map(|(k, v)| format!("{name}: {k}={}\n", s(v)))
             .collect(),
+        C::Task(_) => unreachable!("task commands are run by tasks::execute"),
     }
 }

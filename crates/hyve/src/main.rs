@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod cli;
 mod console;
 mod table;
+mod tasks;
 
 /// Exit status for a request the server refused or failed.
 pub const EXIT_FAILED: u8 = 1;

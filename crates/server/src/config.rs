@@ -28,6 +28,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub qemu: QemuConfig,
     pub vm: VmConfig,
+    pub tasks: TasksConfig,
+    pub fetch: FetchConfig,
 }
 
 /// `[qemu]`: the QEMU driver.
@@ -51,6 +53,26 @@ impl Default for QemuConfig {
             accel: "auto".into(),
             ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
             ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+        }
+    }
+}
+
+/// `[tasks]`: background work (ISO downloads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Tasks running at once; more wait as pending.
+    pub max_concurrent: usize,
+    /// Finished tasks remembered for `rpc/dispatcher list`.
+    pub history: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        let d = hyve_engine::tasks::TaskLimits::default();
+        TasksConfig {
+            max_concurrent: d.max_concurrent,
+            history: d.history,
         }
     }
 }
@@ -82,6 +104,38 @@ impl Default for VmConfig {
             console_buffer: "64K".into(),
             console_log_max: "1M".into(),
             bridge: "hyvebr0".into(),
+        }
+    }
+}
+
+/// `[fetch]`: how `fetchiso` downloads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Seconds to wait for a connection.
+    pub connect_timeout: u64,
+    /// Seconds without a byte before a download counts as stalled.
+    pub stall_timeout: u64,
+    /// Redirects followed at most.
+    pub max_redirects: usize,
+    /// Times an interrupted http(s) download is resumed before it fails.
+    pub retries: u32,
+    /// Folders `file://` URLs may read below; none means no `file://`.
+    pub file_roots: Vec<PathBuf>,
+    /// PEM files of extra certificate authorities trusted for https.
+    pub ca_files: Vec<PathBuf>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        let d = hyve_engine::fetch::FetchConfig::default();
+        FetchConfig {
+            connect_timeout: d.connect_timeout.as_secs(),
+            stall_timeout: d.stall_timeout.as_secs(),
+            max_redirects: d.max_redirects,
+            retries: d.retries,
+            file_roots: Vec::new(),
+            ca_files: Vec::new(),
         }
     }
 }
@@ -126,6 +180,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             qemu: QemuConfig::default(),
             vm: VmConfig::default(),
+            tasks: TasksConfig::default(),
+            fetch: FetchConfig::default(),
         }
     }
 }
@@ -198,6 +254,23 @@ impl Config {
         self.limits()?;
         self.vmm()?;
         self.accel()?;
+        self.task_limits()?;
+        for (what, v) in [
+            ("connect_timeout", self.fetch.connect_timeout),
+            ("stall_timeout", self.fetch.stall_timeout),
+        ] {
+            if v == 0 || v > 24 * 3600 {
+                anyhow::bail!("[fetch] {what} must be between 1 and 86400 seconds");
+            }
+        }
+        if self.fetch.max_redirects > 50 {
+            anyhow::bail!("[fetch] max_redirects must be at most 50");
+        }
+        for p in self.fetch.file_roots.iter().chain(&self.fetch.ca_files) {
+            if !p.is_absolute() {
+                anyhow::bail!("[fetch] {}: paths must be absolute", p.display());
+            }
+        }
         if !self.tls.enabled {
             for (what, addr) in [
                 ("ws_listen", self.ws_listen),
@@ -249,6 +322,49 @@ impl Config {
             console_buffer: size("console_buffer", &v.console_buffer, 1 << 10, 16 << 20)? as usize,
             console_log_max: size("console_log_max", &v.console_log_max, 64 << 10, 1 << 30)?,
             bridge: v.bridge.clone(),
+        })
+    }
+
+    /// The dispatcher's limits, from `[tasks]`.
+    pub fn task_limits(&self) -> anyhow::Result<hyve_engine::tasks::TaskLimits> {
+        if self.tasks.max_concurrent == 0 {
+            anyhow::bail!("[tasks] max_concurrent must be at least 1");
+        }
+        Ok(hyve_engine::tasks::TaskLimits {
+            max_concurrent: self.tasks.max_concurrent,
+            history: self.tasks.history,
+        })
+    }
+
+    /// The downloaders' settings, from `[fetch]`: reads the CA files and
+    /// resolves the file roots, so a missing one stops the server at start
+    /// rather than failing each download.
+    pub fn fetch_config(&self) -> anyhow::Result<hyve_engine::fetch::FetchConfig> {
+        let f = &self.fetch;
+        let mut roots = Vec::new();
+        for r in &f.file_roots {
+            let c = std::fs::canonicalize(r).map_err(|e| {
+                anyhow::anyhow!("[fetch] file_roots: cannot use {}: {e}", r.display())
+            })?;
+            if !c.is_dir() {
+                anyhow::bail!("[fetch] file_roots: {} is not a folder", r.display());
+            }
+            roots.push(c);
+        }
+        let mut pems = Vec::new();
+        for p in &f.ca_files {
+            let pem = std::fs::read(p).map_err(|e| {
+                anyhow::anyhow!("[fetch] ca_files: cannot read {}: {e}", p.display())
+            })?;
+            pems.push(pem);
+        }
+        Ok(hyve_engine::fetch::FetchConfig {
+            connect_timeout: std::time::Duration::from_secs(f.connect_timeout),
+            stall_timeout: std::time::Duration::from_secs(f.stall_timeout),
+            max_redirects: f.max_redirects,
+            retries: f.retries,
+            file_roots: roots,
+            ca_pems: pems,
         })
     }
 
@@ -325,5 +441,33 @@ mod tests {
             .is_err());
         let c = Config::parse("[qemu]\naccel = \"tcg\"\n[vm]\nstop_timeout = 5\n").unwrap();
         assert_eq!(c.vmm().unwrap().stop_timeout.as_secs(), 5);
+        assert!(Config::parse("[fetch]\nstall_timeot = 3").is_err());
+        let mut c = Config::default();
+        c.tasks.max_concurrent = 0;
+        assert!(c.check().is_err());
+        let mut c = Config::default();
+        c.fetch.file_roots = vec!["relative/isos".into()];
+        assert!(c.check().is_err());
+        let mut c = Config::default();
+        c.fetch.file_roots = vec!["/nonexistent-hyve-root".into()];
+        assert!(c
+            .fetch_config()
+            .unwrap_err()
+            .to_string()
+            .contains("file_roots"));
+    }
+
+    #[test]
+    fn fetch_keys() {
+        let c = Config::parse(
+            "[tasks]\nmax_concurrent = 4\n[fetch]\nconnect_timeout = 5\nstall_timeout = 7\nmax_redirects = 2\nfile_roots = [\"/\"]\n",
+        )
+        .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.task_limits().unwrap().max_concurrent, 4);
+        let f = c.fetch_config().unwrap();
+        assert_eq!(f.stall_timeout.as_secs(), 7);
+        assert_eq!(f.max_redirects, 2);
+        assert_eq!(f.file_roots, vec![PathBuf::from("/")]);
     }
 }

@@ -18,7 +18,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
+use hyve_engine::events::EventBus;
+use hyve_engine::fetch::Fetcher;
 use hyve_engine::store::dir::DirStore;
+use hyve_engine::tasks::Dispatcher;
 use hyve_engine::vmm::qemu::QemuDriver;
 use hyve_engine::{Engine, Vmm};
 
@@ -38,6 +41,10 @@ pub struct App {
     pub engine: Arc<Engine>,
     /// The running guests.
     pub vmm: Arc<Vmm>,
+    /// Where background work and anything else announce events.
+    pub events: Arc<EventBus>,
+    /// Background tasks (`fetchiso`, `rpc/dispatcher`).
+    pub tasks: Arc<Dispatcher>,
     /// Flips to `true` when the server is stopping.
     pub shutdown: watch::Sender<bool>,
 }
@@ -55,17 +62,27 @@ impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let lock = datadir::prepare(&config.data_dir)?;
         let limits = config.limits()?;
+        let task_limits = config.task_limits()?;
+        let fetcher = Fetcher::new(config.fetch_config()?).context("[fetch]")?;
         let store = Arc::new(DirStore::new(&config.data_dir, config.pools.clone()));
+        let tasks_dir = store.state_dir().join("tasks");
         let engine = tokio::task::spawn_blocking(move || Engine::open(store, limits))
             .await?
             .context("cannot open the data dir")?;
+        let engine = Arc::new(engine);
+        let events = EventBus::new();
+        let (e2, b2) = (engine.clone(), events.clone());
+        let tasks = tokio::task::spawn_blocking(move || {
+            Dispatcher::open(tasks_dir, e2, b2, fetcher, task_limits)
+        })
+        .await?
+        .context("cannot read the task records")?;
         let ws = TcpListener::bind(config.ws_listen)
             .await
             .with_context(|| format!("cannot listen on {} (ws_listen)", config.ws_listen))?;
         let rest = TcpListener::bind(config.rest_listen)
             .await
             .with_context(|| format!("cannot listen on {} (rest_listen)", config.rest_listen))?;
-        let engine = Arc::new(engine);
         let driver = QemuDriver::new(
             config.qemu.binary.clone(),
             config.accel()?,
@@ -81,6 +98,8 @@ impl Server {
             config,
             engine,
             vmm,
+            events,
+            tasks,
             shutdown,
         });
         Ok(Server {
@@ -115,6 +134,8 @@ impl Server {
             self.ws_addr(),
             self.rest_addr()
         );
+        // Downloads a stop cut short go on before anyone can ask about them.
+        self.app.tasks.start().await;
         let ws_router = Router::new()
             .fallback(any(ws::upgrade))
             .with_state(self.app.clone());

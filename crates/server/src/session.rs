@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use axum::extract::ws::Message;
 use tokio::sync::mpsc;
 
+use crate::api::events::SessionEvents;
+
 /// The transport a session came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -19,6 +21,8 @@ pub struct Session {
     /// Frames to push to a WebSocket peer outside of replies (events);
     /// `None` for REST.
     pub push: Option<mpsc::Sender<Message>>,
+    /// The connection's event subscription (`events/subscribe`).
+    pub events: SessionEvents,
 }
 
 impl Session {
@@ -27,6 +31,7 @@ impl Session {
             peer,
             transport: Transport::WebSocket,
             push: Some(push),
+            events: SessionEvents::default(),
         }
     }
 
@@ -35,6 +40,7 @@ impl Session {
             peer,
             transport: Transport::Rest,
             push: None,
+            events: SessionEvents::default(),
         }
     }
 }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod origin;
+pub mod tasks;
+
 pub use hyve_client::Client;
 
 use futures_util::{SinkExt, StreamExt};
@@ -149,6 +152,27 @@ impl TestServer {
         let (ws, _) = tokio_tungstenite::connect_async(format!("{}{path}", self.ws))
             .await
             .expect("connect");
+        ws
+    }
+
+    /// A raw WebSocket on `path` whose socket has the smallest receive
+    /// buffer the kernel allows, so that a test which stops reading it
+    /// makes the server's writes to it block after a few kilobytes.
+    pub async fn raw_ws_tiny_window(&self, path: &str) -> RawWs {
+        let addr: std::net::SocketAddr = self
+            .ws
+            .trim_start_matches("ws://")
+            .parse()
+            .expect("ws address");
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(1).unwrap();
+        let tcp = sock.connect(addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("{}{path}", self.ws),
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        )
+        .await
+        .expect("websocket handshake");
         ws
     }
 

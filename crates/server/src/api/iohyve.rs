@@ -144,7 +144,13 @@ async fn run(app: &App, request: IohyveRequest) -> Result<Option<Value>> {
             let text = app.vmm.console_log(&name, bytes.as_deref())?;
             json!({ name: text })
         }
-        IohyveRequest::FetchIso { .. } => return Ok(None),
+        IohyveRequest::FetchIso { url, name, sha256 } => {
+            let task = app
+                .tasks
+                .fetch_iso(&url, name.as_deref(), sha256.as_deref())
+                .await?;
+            json!({ "command": task.command, "comment": "Task Queued", "queueid": task.id })
+        }
     };
     Ok(Some(v))
 }

@@ -11,6 +11,8 @@ use hyve_proto::{ErrorCode, ProtocolError, Request};
 use crate::session::Session;
 use crate::App;
 
+pub mod dispatcher;
+pub mod events;
 pub mod iohyve;
 
 /// What a request comes to.
@@ -45,9 +47,11 @@ impl Outcome {
 
 /// Routes one request to its class.
 pub async fn dispatch(app: &App, session: &Session, req: &Request) -> Outcome {
-    let _ = session;
     match req.route().as_str() {
         "sysadm/iohyve" => iohyve::handle(app, &req.args).await,
+        "events/subscribe" => events::handle(app, session, "subscribe", &req.args).await,
+        "events/unsubscribe" => events::handle(app, session, "unsubscribe", &req.args).await,
+        "rpc/dispatcher" => dispatcher::handle(app, &req.args).await,
         other => Outcome::Protocol(ProtocolError::new(
             ErrorCode::NotFound,
             format!(
