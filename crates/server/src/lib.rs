@@ -132,7 +132,8 @@ impl Server {
         tokio::spawn(async move {
             stop.await;
             info!("stopping");
-            let _ = app.shutdown.send(true);
+            // send_replace: the value must change even if no one listens yet.
+            app.shutdown.send_replace(true);
         });
         // Every connection holds a clone of `alive`; when the last one
         // closes, `gone` yields `None`.

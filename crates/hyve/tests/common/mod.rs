@@ -215,8 +215,15 @@ impl TestServer {
         };
         let ws = field("ws=");
         let (cert_pem, fingerprint) = if ws.starts_with("wss://") {
-            let pem = std::fs::read(data_dir.join("hyve/tls/cert.pem"))
-                .expect("the self-signed certificate");
+            // The configured certificate, or the self-signed one.
+            let configured = config.as_ref().and_then(|c| {
+                std::fs::read_to_string(c).unwrap().lines().find_map(|l| {
+                    let v = l.trim().strip_prefix("cert")?.trim().strip_prefix('=')?;
+                    Some(PathBuf::from(v.trim().trim_matches('"')))
+                })
+            });
+            let path = configured.unwrap_or_else(|| data_dir.join("hyve/tls/cert.pem"));
+            let pem = std::fs::read(&path).expect("the served certificate");
             let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
             let fp: Fingerprint = sha2::Sha256::digest(der.as_ref()).into();
             (Some(pem), Some(fp))
@@ -406,7 +413,7 @@ impl TestServer {
             }
             if Instant::now() > deadline {
                 self.kill();
-                panic!("server did not stop on SIGTERM");
+                panic!("server did not stop on SIGTERM; its log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
