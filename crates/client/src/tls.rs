@@ -141,11 +141,11 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-/// The rustls config for `trust`, and where a pinned verifier records the
-/// fingerprint it saw.
-pub(crate) fn client_config(
-    trust: &Trust,
-) -> Result<(Arc<ClientConfig>, Arc<Mutex<Option<Fingerprint>>>), String> {
+/// Where a pinned verifier records the fingerprint it saw.
+pub(crate) type Seen = Arc<Mutex<Option<Fingerprint>>>;
+
+/// The rustls config for `trust`, and what its verifier saw.
+pub(crate) fn client_config(trust: &Trust) -> Result<(Arc<ClientConfig>, Seen), String> {
     let provider = provider();
     let seen = Arc::new(Mutex::new(None));
     let builder = ClientConfig::builder_with_provider(provider.clone())

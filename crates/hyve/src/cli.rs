@@ -218,7 +218,7 @@ async fn password_login(
 /// there is none) the login is done again with HYVE_USER/HYVE_PASSWORD or
 /// on the terminal.
 pub async fn connect(target: &Target) -> Result<Client, Failure> {
-    let key = server_key(&target.url).map_err(|e| usage(e))?;
+    let key = server_key(&target.url).map_err(usage)?;
     let state = State::open().map_err(failed)?;
     let client = connect_trusted(target, &state, &key).await?;
     if let Some(token) = state.token(&key) {
@@ -243,7 +243,7 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
 
 /// `hyve login`: a fresh login, whatever token is kept.
 pub async fn login(target: &Target, user: Option<String>) -> Result<String, Failure> {
-    let key = server_key(&target.url).map_err(|e| usage(e))?;
+    let key = server_key(&target.url).map_err(usage)?;
     let state = State::open().map_err(failed)?;
     let Some((user, password)) = credentials(&key, user)? else {
         return Err(usage(
@@ -261,7 +261,7 @@ pub async fn login(target: &Target, user: Option<String>) -> Result<String, Fail
 
 /// `hyve logout`: ends the kept token on the server and forgets it.
 pub async fn logout(target: &Target) -> Result<String, Failure> {
-    let key = server_key(&target.url).map_err(|e| usage(e))?;
+    let key = server_key(&target.url).map_err(usage)?;
     let state = State::open().map_err(failed)?;
     let Some(token) = state.token(&key) else {
         return Ok(format!("Not logged in to {key}\n"));

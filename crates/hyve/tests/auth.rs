@@ -482,9 +482,7 @@ async fn the_upgrade_request_may_carry_the_login() {
         bearer: Some("bogus".into()),
     };
     let e = hyve_client::open(&server.ws, &o)
-        .await
-        .err()
-        .expect("refused");
+        .await.expect_err("refused");
     assert!(e.to_string().contains("401"), "{e}");
 }
 

@@ -388,6 +388,11 @@ impl TestServer {
         cmd
     }
 
+    /// The config folder of the CLI that `cli()` runs.
+    pub fn cli_home(&self) -> &Path {
+        self.cli_home.path()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

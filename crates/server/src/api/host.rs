@@ -170,7 +170,7 @@ fn pool_stats(dir: &Path) -> Value {
             let size = s.f_blocks * frsize;
             let free = s.f_bavail * frsize;
             let alloc = s.f_blocks.saturating_sub(s.f_bfree) * frsize;
-            let cap = if size == 0 { 0 } else { alloc * 100 / size };
+            let cap = (alloc * 100).checked_div(size).unwrap_or(0);
             json!({
                 "size": human(size), "alloc": human(alloc), "free": human(free),
                 "capacity": format!("{cap}%"), "health": "ONLINE",

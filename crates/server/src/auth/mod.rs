@@ -336,3 +336,53 @@ impl Auth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accounts::file::UserDb;
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_or_deleted_account_changes_its_tokens() {
+        let d = tempfile::tempdir().unwrap();
+        let config = config(d.path());
+        let db = UserDb::open(&config.state_dir()).unwrap();
+        db.add("alice", Role::Full, "pw").unwrap();
+        let auth = Auth::open(&config).unwrap();
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let g = auth.issue(auth.password(peer, "alice", "pw").await.unwrap());
+        assert_eq!(auth.check(&g.token).await.unwrap().role, Role::Full);
+
+        db.set_password("alice", "pw2", Some(Role::Limited))
+            .unwrap();
+        tokio::time::advance(RECHECK).await;
+        assert_eq!(auth.check(&g.token).await.unwrap().role, Role::Limited);
+
+        db.delete("alice").unwrap();
+        tokio::time::advance(RECHECK).await;
+        assert!(auth.check(&g.token).await.is_none());
+        assert!(auth.resume(&g.token).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn challenges_are_single_use_and_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let auth = Auth::open(&config(d.path())).unwrap();
+        let a = auth.challenge().unwrap();
+        let b = auth.challenge().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), tokens::TOKEN_CHARS);
+        for _ in 2..MAX_CHALLENGES {
+            auth.challenge().unwrap();
+        }
+        let e = auth.challenge().unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooManyRequests);
+    }
+}

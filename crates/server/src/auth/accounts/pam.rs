@@ -48,9 +48,9 @@ impl PamAccounts {
             .filter_map(|g| Group::from_gid(g).ok().flatten())
             .map(|g| g.name)
             .collect();
-        if names.iter().any(|n| *n == self.admin_group) {
+        if names.contains(&self.admin_group) {
             Ok(Role::Full)
-        } else if names.iter().any(|n| *n == self.operator_group) {
+        } else if names.contains(&self.operator_group) {
             Ok(Role::Limited)
         } else {
             Err(format!(
