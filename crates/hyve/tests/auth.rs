@@ -482,7 +482,8 @@ async fn the_upgrade_request_may_carry_the_login() {
         bearer: Some("bogus".into()),
     };
     let e = hyve_client::open(&server.ws, &o)
-        .await.expect_err("refused");
+        .await
+        .expect_err("refused");
     assert!(e.to_string().contains("401"), "{e}");
 }
 
@@ -586,4 +587,28 @@ async fn an_idle_connection_is_closed() {
         }
         other => panic!("expected a close frame, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn without_tls_logins_are_still_required() {
+    let dir = data_dir();
+    let server = TestServer::start_with(dir.path(), &["--no-tls"]);
+    assert!(server.ws.starts_with("ws://"), "{}", server.ws);
+    let mut ws = server.raw_ws_anonymous("/").await;
+    let r = roundtrip(
+        &mut ws,
+        &frame("sysadm", "iohyve", "1", json!({"action": "listvms"})),
+    )
+    .await;
+    assert_error(&r, "401", "1");
+    server
+        .client()
+        .await
+        .iohyve("listvms", json!({}))
+        .await
+        .unwrap();
+    let (status, _) = server
+        .rest("/sysadm/iohyve", r#"{"action":"issetup"}"#)
+        .await;
+    assert_eq!(status, 200);
 }

@@ -95,7 +95,8 @@ async fn too_many_connections_are_refused_with_503() {
         ..Default::default()
     };
     let e = hyve_client::open(&server.ws, &o)
-        .await.expect_err("refused");
+        .await
+        .expect_err("refused");
     let msg = e.to_string();
     assert!(
         msg.contains("503") && msg.contains("too many connections"),

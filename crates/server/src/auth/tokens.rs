@@ -17,6 +17,10 @@ use super::Identity;
 /// characters of the same alphabet, from a weak generator).
 pub const TOKEN_CHARS: usize = 40;
 
+/// Live tokens one user may hold; a login past this ends that user's
+/// oldest token, so a script that logs in in a loop cannot fill memory.
+pub const MAX_TOKENS_PER_USER: usize = 256;
+
 /// A fresh random string of letters and digits.
 pub fn random_string(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)
@@ -64,6 +68,17 @@ impl Tokens {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap();
         map.retain(|_, e| e.expires > now);
+        let mut mine: Vec<(Instant, String)> = map
+            .iter()
+            .filter(|(_, e)| e.identity.user == identity.user)
+            .map(|(t, e)| (e.expires, t.clone()))
+            .collect();
+        if mine.len() >= MAX_TOKENS_PER_USER {
+            mine.sort();
+            for (_, t) in &mine[..=mine.len() - MAX_TOKENS_PER_USER] {
+                map.remove(t);
+            }
+        }
         loop {
             let token = random_string(TOKEN_CHARS);
             if map.contains_key(&token) {
@@ -158,6 +173,25 @@ mod tests {
         tokio::time::advance(Duration::from_secs(900)).await;
         assert!(t.touch(&tok).is_none(), "900 s unused: expired");
         assert!(t.touch(&tok).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_holds_a_bounded_number_of_tokens() {
+        let t = Tokens::new(Duration::from_secs(900), Duration::from_secs(30));
+        let first = t.issue(alice());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let rest: Vec<String> = (1..MAX_TOKENS_PER_USER).map(|_| t.issue(alice())).collect();
+        let bob = t.issue(Identity {
+            user: "bob".into(),
+            role: Role::Limited,
+        });
+        // At the limit now; the next login ends the least recently used one.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let newest = t.issue(alice());
+        assert!(t.touch(&first).is_none(), "the oldest ended");
+        assert!(t.touch(&newest).is_some());
+        assert!(rest.iter().all(|r| t.touch(r).is_some()));
+        assert!(t.touch(&bob).is_some(), "other users are not touched");
     }
 
     #[test]
