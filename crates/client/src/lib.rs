@@ -2,6 +2,8 @@
 //!
 //! One connection carries many requests at once: each gets a fresh id and
 //! its reply is routed back by id; event frames go to a separate stream.
+//! [`Client::connect_with`] adds TLS trust ([`Trust`]) and a login
+//! ([`Credentials`]) done before the client is handed over.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,12 +12,63 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+
+pub mod tls;
+
+pub use tls::{fingerprint_text, parse_fingerprint, Fingerprint, Trust};
+
+/// How to log in once connected.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// `rpc/auth`.
+    Password { user: String, password: String },
+    /// `rpc/auth_token`.
+    Token(String),
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// For `wss://` URLs.
+    pub trust: Trust,
+    /// A login done right after connecting; its failure fails the connect.
+    pub credentials: Option<Credentials>,
+    /// A token sent as `Authorization: Bearer` on the upgrade request, for
+    /// paths that log in that way.
+    pub bearer: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            trust: Trust::PublicRoots,
+            credentials: None,
+            bearer: None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ClientError {
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// The server's certificate is not the one pinned for it.
+    #[error("the certificate of {url} has changed: expected {}, got {}", fingerprint_text(.expected), fingerprint_text(.actual))]
+    CertificateChanged {
+        url: String,
+        expected: Fingerprint,
+        actual: Fingerprint,
+    },
+    /// The server answered the upgrade with an HTTP error.
+    #[error("{reason} (HTTP {status})")]
+    Refused {
+        url: String,
+        status: u16,
+        reason: String,
+    },
     #[error("the connection to the server closed")]
     Closed,
     /// An `error/error` frame.
@@ -47,19 +100,163 @@ pub struct Client {
     pending: Pending,
     next_id: AtomicU64,
     events: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
+    fingerprint: Option<Fingerprint>,
+    token: Mutex<Option<(String, u64)>>,
+}
+
+/// Opens the raw WebSocket (TLS per `options.trust`, `Authorization` per
+/// `options.bearer`), and reports the certificate's fingerprint when the
+/// trust is by fingerprint.
+pub async fn open(
+    url: &str,
+    options: &ConnectOptions,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        Option<Fingerprint>,
+    ),
+    ClientError,
+> {
+    let fail = |reason: String| ClientError::Connect {
+        url: url.to_string(),
+        reason,
+    };
+    let mut request = url.into_client_request().map_err(|e| fail(e.to_string()))?;
+    if let Some(t) = &options.bearer {
+        let v = HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| fail("the token is not a valid header value".into()))?;
+        request.headers_mut().insert("Authorization", v);
+    }
+    let (config, seen) = tls::client_config(&options.trust).map_err(&fail)?;
+    let connector = tokio_tungstenite::Connector::Rustls(config);
+    let result =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
+            .await;
+    let seen = *seen.lock().unwrap();
+    match result {
+        Ok((stream, _)) => Ok((stream, seen)),
+        Err(e) => {
+            if let (Trust::Fingerprint(Some(expected)), Some(actual)) = (&options.trust, seen) {
+                if *expected != actual {
+                    return Err(ClientError::CertificateChanged {
+                        url: url.to_string(),
+                        expected: *expected,
+                        actual,
+                    });
+                }
+            }
+            match refusal(&e) {
+                Some((status, reason)) => Err(ClientError::Refused {
+                    url: url.to_string(),
+                    status,
+                    reason,
+                }),
+                None => Err(fail(e.to_string())),
+            }
+        }
+    }
+}
+
+/// The status and sentence of an upgrade the server answered with an HTTP
+/// error: the server's own words when it sent an error object (401, 404,
+/// 503...), else the status.
+fn refusal(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, String)> {
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = e else {
+        return None;
+    };
+    let status = resp.status();
+    let body = resp
+        .body()
+        .as_ref()
+        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        .unwrap_or(Value::Null);
+    let reason = if let Some(d) = body["args"]["detail"].as_str() {
+        d.to_string()
+    } else if let Some(d) = body["args"]
+        .as_object()
+        .and_then(|a| a.values().find_map(action_error))
+    {
+        // An in-band refusal: `{"args":{"<what>":{"error":…}}}`.
+        d.to_string()
+    } else {
+        format!("the server answered {status}")
+    };
+    Some((status.as_u16(), reason))
 }
 
 impl Client {
-    /// Connects to `url` (`ws://host:port`).
+    /// Connects to `url` (`ws://` or `wss://` with the public CAs), without
+    /// logging in.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let (stream, _) =
-            tokio_tungstenite::connect_async(url)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })?;
-        Ok(Self::start(stream))
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connects with `options`, logging in if they carry credentials.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Client, ClientError> {
+        let (stream, fingerprint) = open(url, options).await?;
+        let mut client = Self::start(stream);
+        client.fingerprint = fingerprint;
+        match &options.credentials {
+            Some(Credentials::Password { user, password }) => {
+                client.login(user, password).await?;
+            }
+            Some(Credentials::Token(t)) => {
+                client.login_token(t).await?;
+            }
+            None => {}
+        }
+        Ok(client)
+    }
+
+    /// The fingerprint of the server's certificate, when trusted by
+    /// fingerprint.
+    pub fn server_fingerprint(&self) -> Option<Fingerprint> {
+        self.fingerprint
+    }
+
+    /// The token of the last login on this connection and its lifetime.
+    pub fn token(&self) -> Option<(String, u64)> {
+        self.token.lock().unwrap().clone()
+    }
+
+    fn granted(&self, args: &Value) -> Result<(String, u64), ClientError> {
+        let (Some(t), Some(secs)) = (args[0].as_str(), args[1].as_u64()) else {
+            return Err(ClientError::Unexpected(args.to_string()));
+        };
+        let g = (t.to_string(), secs);
+        *self.token.lock().unwrap() = Some(g.clone());
+        Ok(g)
+    }
+
+    /// `rpc/auth`: returns the token and its lifetime in seconds.
+    pub async fn login(&self, user: &str, password: &str) -> Result<(String, u64), ClientError> {
+        let args = self
+            .call(
+                "rpc",
+                "auth",
+                json!({"username": user, "password": password}),
+            )
+            .await?;
+        self.granted(&args)
+    }
+
+    /// `rpc/auth_token`.
+    pub async fn login_token(&self, token: &str) -> Result<(String, u64), ClientError> {
+        let args = self
+            .call("rpc", "auth_token", json!({ "token": token }))
+            .await?;
+        self.granted(&args)
+    }
+
+    /// `rpc/auth_clear`: ends the connection's token. The server sends no
+    /// reply, so this only sends.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        *self.token.lock().unwrap() = None;
+        let frame =
+            json!({"namespace": "rpc", "name": "auth_clear", "id": "auth_clear", "args": {}});
+        self.send_text(frame.to_string()).await
     }
 
     fn start<S>(stream: tokio_tungstenite::WebSocketStream<S>) -> Client
@@ -107,6 +304,8 @@ impl Client {
             pending,
             next_id: AtomicU64::new(1),
             events: Mutex::new(Some(ev_rx)),
+            fingerprint: None,
+            token: Mutex::new(None),
         }
     }
 

@@ -94,6 +94,13 @@ const NIC: NameRule = NameRule {
     leading_digit: false,
 };
 
+const USER: NameRule = NameRule {
+    what: "user name",
+    max_len: 32,
+    extra: "._-",
+    leading_digit: false,
+};
+
 /// Folders that sit beside the guests in `<pool>/iohyve/`.
 const RESERVED_GUEST_NAMES: [&str; 2] = ["ISO", "Firmware"];
 
@@ -141,6 +148,34 @@ pub fn pool_name(s: &str) -> Result<(), String> {
 
 pub fn nic_name(s: &str) -> Result<(), String> {
     NIC.check(s)
+}
+
+/// A login name, for the embedded account file and for PAM alike: the
+/// portable POSIX user names (letters, digits, `.`, `_`, `-`; not starting
+/// with `-`), so that nothing odd reaches a log line or the host's PAM stack.
+pub fn user_name(s: &str) -> Result<(), String> {
+    USER.check(s)
+}
+
+/// The longest password accepted: argon2 and PAM take any length, but a
+/// megabyte "password" is an attack on the CPU, not a secret.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A password: not empty, at most [`MAX_PASSWORD_BYTES`], and no NUL byte
+/// (PAM takes C strings, where a NUL would cut the password short).
+pub fn password(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("the password must not be empty".into());
+    }
+    if s.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "the password is too long: at most {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
+    if s.contains('\0') {
+        return Err("the password must not contain a NUL character".into());
+    }
+    Ok(())
 }
 
 /// Parses a disk name, `disk0` to `disk999`, into its number.
@@ -400,6 +435,7 @@ mod tests {
             assert!(pool_name(s).is_err(), "pool {s:?}");
             assert!(nic_name(s).is_err(), "nic {s:?}");
             assert!(disk_name(s).is_err(), "disk {s:?}");
+            assert!(user_name(s).is_err(), "user {s:?}");
         }
     }
 
@@ -419,6 +455,9 @@ mod tests {
         pool_name("tank").unwrap();
         nic_name("re0").unwrap();
         nic_name("enp0s3").unwrap();
+        for s in ["root", "alice", "j.doe", "svc_hyve", "ops-1"] {
+            user_name(s).unwrap();
+        }
         assert_eq!(disk_name("disk0"), Ok(0));
         assert_eq!(disk_name("disk12"), Ok(12));
     }
@@ -447,6 +486,15 @@ mod tests {
         let e = guest_name(&format!("-{long}")).unwrap_err();
         assert!(e.len() < 200, "{e}");
         assert_eq!(quote("a\nb"), "'a\\nb'");
+    }
+
+    #[test]
+    fn passwords() {
+        password("correct horse").unwrap();
+        assert!(password("").is_err());
+        assert!(password("a\0b").is_err());
+        assert!(password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
+        password(&"x".repeat(MAX_PASSWORD_BYTES)).unwrap();
     }
 
     #[test]

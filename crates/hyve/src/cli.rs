@@ -1,14 +1,19 @@
 //! The client commands: each is one iohyve action sent over WebSocket,
-//! printed as a table for people or as JSON with `--json`.
+//! printed as a table for people or as JSON with `--json`. Every command
+//! connects through [`connect`], which handles trust (the certificate
+//! remembered on first use, or `--ca`) and the login (the kept token, or a
+//! new login when it has expired).
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use hyve_client::{Client, ClientError};
+use hyve_client::{fingerprint_text, Client, ClientError, ConnectOptions, Trust};
 
+use crate::trust::{server_key, State};
 use crate::{table, EXIT_FAILED, EXIT_UNREACHABLE};
 
 #[derive(Subcommand)]
@@ -94,11 +99,14 @@ pub struct Failure(pub String, pub u8);
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        let code = match e {
-            ClientError::Connect { .. } | ClientError::Closed => EXIT_UNREACHABLE,
-            _ => EXIT_FAILED,
-        };
-        Failure(e.to_string(), code)
+        match e {
+            // The server's own sentence, without the HTTP status.
+            ClientError::Refused { reason, .. } => Failure(reason, EXIT_FAILED),
+            ClientError::Connect { .. } | ClientError::Closed => {
+                Failure(e.to_string(), EXIT_UNREACHABLE)
+            }
+            _ => Failure(e.to_string(), EXIT_FAILED),
+        }
     }
 }
 
@@ -106,8 +114,13 @@ fn usage(msg: String) -> Failure {
     Failure(msg, 2)
 }
 
-pub async fn run(server: &str, json_out: bool, cmd: ClientCommand) -> ExitCode {
-    match execute(server, json_out, cmd).await {
+fn failed(msg: impl Into<String>) -> Failure {
+    Failure(msg.into(), EXIT_FAILED)
+}
+
+/// Prints the output or the error, and gives the exit status.
+pub fn finish(r: Result<String, Failure>) -> ExitCode {
+    match r {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
@@ -117,6 +130,183 @@ pub async fn run(server: &str, json_out: bool, cmd: ClientCommand) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+pub async fn run(target: &Target, json_out: bool, cmd: ClientCommand) -> ExitCode {
+    finish(execute(target, json_out, cmd).await)
+}
+
+/// The server a command talks to, and how its certificate is trusted.
+pub struct Target {
+    pub url: String,
+    pub ca: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn new(url: &str, ca: Option<&Path>) -> Target {
+        Target {
+            url: url.to_string(),
+            ca: ca.map(Path::to_path_buf),
+        }
+    }
+}
+
+/// A user name and password from HYVE_USER and HYVE_PASSWORD, or asked for
+/// on the terminal; `None` when neither is possible.
+fn credentials(key: &str, user: Option<String>) -> Result<Option<(String, String)>, Failure> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let tty = std::io::stdin().is_terminal();
+    let user = match user.or_else(|| env("HYVE_USER")) {
+        Some(u) => u,
+        None if tty => {
+            print!("User for {key}: ");
+            let _ = std::io::stdout().flush();
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| failed(e.to_string()))?;
+            line.trim().to_string()
+        }
+        None => return Ok(None),
+    };
+    let password = match env("HYVE_PASSWORD") {
+        Some(p) => p,
+        None if tty => rpassword::prompt_password(format!("Password for {user}@{key}: "))
+            .map_err(|e| failed(e.to_string()))?,
+        None => return Ok(None),
+    };
+    Ok(Some((user, password)))
+}
+
+/// How the server's certificate is checked: against `--ca`, or against the
+/// fingerprint remembered for it (none yet: first use).
+fn trust_for(target: &Target, state: &State, key: &str) -> Result<Trust, Failure> {
+    Ok(match (&target.ca, target.url.starts_with("wss://")) {
+        (Some(ca), _) => Trust::ca_file(ca).map_err(failed)?,
+        (None, true) => Trust::Fingerprint(state.known(key).map_err(failed)?),
+        (None, false) => Trust::PublicRoots, // plain ws://: unused
+    })
+}
+
+/// Connects, checking the certificate: against `--ca`, or against the
+/// fingerprint remembered for this server (remembering it the first time).
+async fn connect_trusted(target: &Target, state: &State, key: &str) -> Result<Client, Failure> {
+    let trust = trust_for(target, state, key)?;
+    let first_use = matches!(trust, Trust::Fingerprint(None));
+    let options = ConnectOptions {
+        trust,
+        ..Default::default()
+    };
+    let client = match Client::connect_with(&target.url, &options).await {
+        Ok(c) => c,
+        Err(ClientError::CertificateChanged {
+            expected, actual, ..
+        }) => {
+            return Err(failed(format!(
+                "the certificate of {key} has CHANGED since it was first seen.\n  \
+                 remembered: {}\n  \
+                 presented:  {}\n\
+                 Someone may be intercepting the connection. If the server's certificate was \
+                 replaced on purpose, compare the new fingerprint with the one the server logs \
+                 at start (its \"TLS\" line), then remove the line for {key} from {} and try again.",
+                fingerprint_text(&expected),
+                fingerprint_text(&actual),
+                state.known_servers_path().display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if first_use {
+        if let Some(fp) = client.server_fingerprint() {
+            state.remember(key, &fp).map_err(failed)?;
+            eprintln!(
+                "hyve: first connection to {key}: trusting its certificate {} from now on (kept in {})",
+                fingerprint_text(&fp),
+                state.known_servers_path().display()
+            );
+        }
+    }
+    Ok(client)
+}
+
+/// Logs `client` in with a password and keeps the token.
+async fn password_login(
+    client: &Client,
+    state: &State,
+    key: &str,
+    user: &str,
+    password: &str,
+) -> Result<PathBuf, Failure> {
+    let (token, _) = client
+        .login(user, password)
+        .await
+        .map_err(|e| failed(format!("cannot log in to {key} as {user}: {e}")))?;
+    state.save_token(key, &token).map_err(failed)
+}
+
+/// Opens a logged-in connection to the server; every command connects
+/// through here. The kept token is used first; when it has expired (or
+/// there is none) the login is done again with HYVE_USER/HYVE_PASSWORD or
+/// on the terminal.
+pub async fn connect(target: &Target) -> Result<Client, Failure> {
+    let key = server_key(&target.url).map_err(usage)?;
+    let state = State::open().map_err(failed)?;
+    let client = connect_trusted(target, &state, &key).await?;
+    if let Some(token) = state.token(&key) {
+        match client.login_token(&token).await {
+            Ok(_) => return Ok(client),
+            Err(ClientError::Protocol { code, .. }) if code == "401" => {
+                state.forget_token(&key);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match credentials(&key, None)? {
+        Some((user, password)) => {
+            password_login(&client, &state, &key, &user, &password).await?;
+            Ok(client)
+        }
+        None => Err(failed(format!(
+            "not logged in to {key} (or the login expired): run `hyve login`, or set HYVE_USER and HYVE_PASSWORD"
+        ))),
+    }
+}
+
+/// `hyve login`: a fresh login, whatever token is kept.
+pub async fn login(target: &Target, user: Option<String>) -> Result<String, Failure> {
+    let key = server_key(&target.url).map_err(usage)?;
+    let state = State::open().map_err(failed)?;
+    let Some((user, password)) = credentials(&key, user)? else {
+        return Err(usage(
+            "no terminal to ask for the user and password on: set HYVE_USER and HYVE_PASSWORD"
+                .into(),
+        ));
+    };
+    let client = connect_trusted(target, &state, &key).await?;
+    let path = password_login(&client, &state, &key, &user, &password).await?;
+    Ok(format!(
+        "Logged in to {key} as {user}; the token is kept in {}\n",
+        path.display()
+    ))
+}
+
+/// `hyve logout`: ends the kept token on the server and forgets it.
+pub async fn logout(target: &Target) -> Result<String, Failure> {
+    let key = server_key(&target.url).map_err(usage)?;
+    let state = State::open().map_err(failed)?;
+    let Some(token) = state.token(&key) else {
+        return Ok(format!("Not logged in to {key}\n"));
+    };
+    let client = connect_trusted(target, &state, &key).await?;
+    if client.login_token(&token).await.is_ok() {
+        client.logout().await?;
+        // The server does not answer auth_clear; a request after it shows
+        // it was handled (replies on one connection come in order for
+        // rpc/*), before the connection closes.
+        let _ = client.call("rpc", "identify", json!({})).await;
+    }
+    state.forget_token(&key);
+    Ok(format!("Logged out of {key}\n"))
 }
 
 /// Splits `key=value` arguments.
@@ -152,12 +342,12 @@ fn s(v: &Value) -> String {
     }
 }
 
-async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<String, Failure> {
+async fn execute(target: &Target, json_out: bool, cmd: ClientCommand) -> Result<String, Failure> {
     if let ClientCommand::Console { name } = &cmd {
-        return crate::console::run(server, name).await;
+        return crate::console::run(target, name).await;
     }
     if let ClientCommand::Task(t) = &cmd {
-        return crate::tasks::execute(server, json_out, t).await;
+        return crate::tasks::execute(target, json_out, t).await;
     }
     // Arguments are checked before connecting, so usage errors need no server.
     let (action, args) = request_for(&cmd)?;
@@ -166,7 +356,7 @@ async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<Str
             return Ok("Not deleted.\n".into());
         }
     }
-    let client = connect(server).await?;
+    let client = connect(target).await?;
     let result = client.iohyve(action, args).await?;
     if let ClientCommand::Get { name, prop } = &cmd {
         if result[name].get(prop).is_none() {
@@ -185,37 +375,24 @@ async fn execute(server: &str, json_out: bool, cmd: ClientCommand) -> Result<Str
     Ok(human(&cmd, &result))
 }
 
-/// Opens a connection to the server; every command connects through here.
-pub async fn connect(server: &str) -> Result<Client, Failure> {
-    Ok(Client::connect(server).await?)
-}
-
-/// Opens a guest's console; the console connects through here.
-pub async fn connect_console(server: &str, guest: &str) -> Result<crate::console::Ws, Failure> {
+/// Opens a guest's console (`/console/<guest>`): the same certificate
+/// trust and login as [`connect`], the token sent on the upgrade request.
+pub async fn connect_console(target: &Target, guest: &str) -> Result<crate::console::Ws, Failure> {
     hyve_engine::validate::guest_name(guest).map_err(usage)?;
-    let url = format!("{}/console/{guest}", server.trim_end_matches('/'));
-    match tokio_tungstenite::connect_async(&url).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
-            let body = r
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            Err(Failure(
-                if body.is_empty() {
-                    format!("the server refused the console ({})", r.status())
-                } else {
-                    body
-                },
-                EXIT_FAILED,
-            ))
-        }
-        Err(e) => Err(Failure(
-            format!("cannot connect to {url}: {e}"),
-            EXIT_UNREACHABLE,
-        )),
-    }
+    let client = connect(target).await?;
+    let (token, _) = client
+        .token()
+        .ok_or_else(|| failed("the server gave no login token"))?;
+    let key = server_key(&target.url).map_err(usage)?;
+    let state = State::open().map_err(failed)?;
+    let options = ConnectOptions {
+        trust: trust_for(target, &state, &key)?,
+        bearer: Some(token),
+        ..Default::default()
+    };
+    let url = format!("{}/console/{guest}", target.url.trim_end_matches('/'));
+    let (ws, _) = hyve_client::open(&url, &options).await?;
+    Ok(ws)
 }
 
 /// The action and arguments a command sends.

@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cli::{connect_console, Failure};
+use crate::cli::{connect_console, Failure, Target};
 use crate::EXIT_FAILED;
 
 pub type Ws =
@@ -87,8 +87,8 @@ fn notice(text: &str) -> Option<String> {
     }
 }
 
-pub async fn run(server: &str, guest: &str) -> Result<String, Failure> {
-    let ws = connect_console(server, guest).await?;
+pub async fn run(target: &Target, guest: &str) -> Result<String, Failure> {
+    let ws = connect_console(target, guest).await?;
     let (mut sink, mut stream) = ws.split();
     let raw = RawMode::enable();
     let nl = if raw.0 { "\r\n" } else { "\n" };

@@ -11,6 +11,8 @@ mod cli;
 mod console;
 mod table;
 mod tasks;
+mod trust;
+mod users;
 
 /// Exit status for a request the server refused or failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -29,9 +31,13 @@ struct Cli {
         long,
         global = true,
         env = "HYVE_SERVER",
-        default_value = "ws://127.0.0.1:12150"
+        default_value = "wss://127.0.0.1:12150"
     )]
     server: String,
+    /// Trust servers whose certificate a CA in this PEM file signed, instead
+    /// of remembering each server's certificate on first use.
+    #[arg(long, global = true, env = "HYVE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print the server's reply as JSON, for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -41,12 +47,8 @@ struct Cli {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// A TOML config file; without it the embedded defaults apply.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Where guests, ISOs and the server's state are kept.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: users::DataArgs,
     /// WebSocket address [default: 127.0.0.1:12150]
     #[arg(long, value_name = "ADDR:PORT")]
     ws_listen: Option<std::net::SocketAddr>,
@@ -62,6 +64,18 @@ struct ServeArgs {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Manage the users of the server's embedded account file.
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// Log in to the server and keep the token (user and password from
+    /// HYVE_USER and HYVE_PASSWORD, or asked for).
+    Login {
+        /// The user to log in as [default: HYVE_USER, or asked for]
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// End the login to the server and forget its token.
+    Logout,
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -83,18 +97,30 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         },
-        Command::Client(c) => rt.block_on(cli::run(&cli.server, cli.json, c)),
+        Command::User(cmd) => cli::finish(users::run(cmd)),
+        Command::Login { user } => {
+            let target = cli::Target::new(&cli.server, cli.ca.as_deref());
+            cli::finish(rt.block_on(cli::login(&target, user)))
+        }
+        Command::Logout => {
+            let target = cli::Target::new(&cli.server, cli.ca.as_deref());
+            cli::finish(rt.block_on(cli::logout(&target)))
+        }
+        Command::Client(c) => {
+            let target = cli::Target::new(&cli.server, cli.ca.as_deref());
+            rt.block_on(cli::run(&target, cli.json, c))
+        }
     }
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let overrides = hyve_server::Overrides {
-        data_dir: a.data_dir,
+        data_dir: a.data.data_dir,
         ws_listen: a.ws_listen,
         rest_listen: a.rest_listen,
         no_tls: a.no_tls,
     };
-    let config = hyve_server::Config::load(a.config.as_deref(), &overrides)?;
+    let config = hyve_server::Config::load(a.data.config.as_deref(), &overrides)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
         .map_err(|e| anyhow::anyhow!("log filter {:?}: {e}", config.log))?;
@@ -103,17 +129,22 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // The handlers go in before the server says it is listening: a SIGTERM
+    // sent as soon as it does must stop it cleanly, not be lost.
+    let stop = stop_signal()?;
     let server = hyve_server::Server::bind(config).await?;
-    server.serve(stop_signal()).await
+    server.serve(stop).await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Resolves on SIGINT or SIGTERM; the handlers are installed at the call.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

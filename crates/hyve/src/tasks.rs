@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use hyve_client::action_error;
 
-use crate::cli::{connect, Failure};
+use crate::cli::{connect, Failure, Target};
 use crate::{table, EXIT_FAILED, EXIT_UNREACHABLE};
 
 #[derive(Subcommand)]
@@ -58,16 +58,20 @@ fn return_code(args: &Value) -> Option<String> {
         .map(|(_, v)| s(v))
 }
 
-pub async fn execute(server: &str, json_out: bool, cmd: &TaskCommand) -> Result<String, Failure> {
+pub async fn execute(
+    target: &Target,
+    json_out: bool,
+    cmd: &TaskCommand,
+) -> Result<String, Failure> {
     match cmd {
         TaskCommand::Fetch {
             url,
             name,
             sha256,
             detach,
-        } => fetch(server, json_out, url, name, sha256, *detach).await,
+        } => fetch(target, json_out, url, name, sha256, *detach).await,
         TaskCommand::Tasks => {
-            let client = connect(server).await?;
+            let client = connect(target).await?;
             let r = client
                 .call("rpc", "dispatcher", json!({"action": "list"}))
                 .await?;
@@ -102,7 +106,7 @@ pub async fn execute(server: &str, json_out: bool, cmd: &TaskCommand) -> Result<
             ))
         }
         TaskCommand::Kill { ids } => {
-            let client = connect(server).await?;
+            let client = connect(target).await?;
             let r = client
                 .call(
                     "rpc",
@@ -125,14 +129,14 @@ pub async fn execute(server: &str, json_out: bool, cmd: &TaskCommand) -> Result<
 }
 
 async fn fetch(
-    server: &str,
+    target: &Target,
     json_out: bool,
     url: &str,
     name: &Option<String>,
     sha256: &Option<String>,
     detach: bool,
 ) -> Result<String, Failure> {
-    let client = connect(server).await?;
+    let client = connect(target).await?;
     // Subscribe before asking, so that no event of the task can be missed.
     let mut events = if detach {
         None

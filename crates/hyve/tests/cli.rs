@@ -3,19 +3,13 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
 
 fn hyve(server: &TestServer, args: &[&str]) -> Output {
-    Command::new(HYVE)
-        .arg("--server")
-        .arg(&server.ws)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    server.cli().args(args).output().unwrap()
 }
 
 fn ok(server: &TestServer, args: &[&str]) -> String {
@@ -114,17 +108,19 @@ fn errors_go_to_stderr_with_a_nonzero_status() {
 fn the_server_comes_from_the_environment_and_unreachable_is_its_own_status() {
     let dir = data_dir();
     let server = TestServer::start(dir.path());
-    let out = Command::new(HYVE)
-        .arg("version")
-        .env("HYVE_SERVER", &server.ws)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    // cli() points HYVE_SERVER at the server.
+    let out = server.cli().arg("version").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A port nothing listens on.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}", l.local_addr().unwrap());
+    let url = format!("wss://{}", l.local_addr().unwrap());
     drop(l);
-    let out = Command::new(HYVE)
+    let out = server
+        .cli()
         .args(["--server", &url, "list"])
         .output()
         .unwrap();

@@ -9,8 +9,8 @@ use common::origin::{content, File, Origin};
 use common::*;
 
 async fn hyve(server: &TestServer, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(HYVE);
-    cmd.arg("--server").arg(&server.ws).args(args);
+    let mut cmd = tokio::process::Command::from(server.cli());
+    cmd.args(args);
     cmd.output().await.expect("run hyve")
 }
 

@@ -160,14 +160,8 @@ async fn every_documented_request_over_websocket() {
 async fn every_documented_request_over_rest() {
     let dir = data_dir();
     let server = TestServer::start(dir.path());
-    let http = reqwest::Client::new();
     for (body, expected) in sequence() {
-        let r = http
-            .put(format!("{}/sysadm/iohyve", server.rest))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = server.rest_raw("/sysadm/iohyve", &body.to_string()).await;
         assert_eq!(r.status().as_u16(), 200, "{}", body["action"]);
         assert_eq!(r.headers()["content-type"], "application/json");
         let text = r.text().await.unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::guest::*;
 use common::*;
@@ -58,12 +58,31 @@ async fn viewers_writer_and_the_cli() {
         next_notice(&mut early).await,
         json!({"console": {"name": "con1", "running": false}})
     );
-    for (path, status) in [("/console/nope", "404"), ("/console/..%2Fx", "400")] {
-        let e = tokio_tungstenite::connect_async(format!("{}{path}", server.ws))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(status), "{path}: {e}");
+    let login = hyve_client::ConnectOptions {
+        trust: server.trust(),
+        bearer: Some(server.token().await),
+        ..Default::default()
+    };
+    for (path, status) in [("/console/nope", 404), ("/console/..%2Fx", 400)] {
+        match hyve_client::open(&format!("{}{path}", server.ws), &login).await {
+            Err(hyve_client::ClientError::Refused { status: s, .. }) => {
+                assert_eq!(s, status, "{path}")
+            }
+            other => panic!("{path}: {:?}", other.map(|_| ())),
+        }
+    }
+    // Without a login the console is refused.
+    match hyve_client::open(
+        &format!("{}/console/con1", server.ws),
+        &hyve_client::ConnectOptions {
+            trust: server.trust(),
+            ..Default::default()
+        },
+    )
+    .await
+    {
+        Err(hyve_client::ClientError::Refused { status, .. }) => assert_eq!(status, 401),
+        other => panic!("console without login: {:?}", other.map(|_| ())),
     }
 
     c.iohyve("install", json!({"name": "con1", "iso": "hyve-test.iso"}))
@@ -137,8 +156,9 @@ async fn viewers_writer_and_the_cli() {
     drop(early);
 
     // The CLI, from a pipe: types a command, sees the answer, leaves on ~.
-    let mut cli = Command::new(HYVE)
-        .args(["--server", &server.ws, "console", "con1"])
+    let mut cli = server
+        .cli()
+        .args(["console", "con1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -183,11 +203,7 @@ async fn viewers_writer_and_the_cli() {
     assert!(err.contains("[hyve: left the console]"), "{err}");
 
     // And `hyve console` of an unknown guest fails with the server's words.
-    let o = Command::new(HYVE)
-        .args(["--server", &server.ws, "console", "nope"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = server.cli().args(["console", "nope"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),

@@ -42,6 +42,7 @@ pub enum ErrorCode {
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
+    ServiceUnavailable,
 }
 
 impl ErrorCode {
@@ -53,6 +54,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "404",
             ErrorCode::PayloadTooLarge => "413",
             ErrorCode::TooManyRequests => "429",
+            ErrorCode::ServiceUnavailable => "503",
         }
     }
 
@@ -64,6 +66,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "Not Found",
             ErrorCode::PayloadTooLarge => "Payload Too Large",
             ErrorCode::TooManyRequests => "Too Many Requests",
+            ErrorCode::ServiceUnavailable => "Service Unavailable",
         }
     }
 

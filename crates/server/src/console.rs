@@ -16,8 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -25,21 +24,45 @@ use tracing::{debug, info};
 
 use hyve_engine::vmm::console::{ConsoleEvent, InputError, Viewer};
 
+use hyve_proto::ErrorCode;
+
+use crate::api::{forbidden, Outcome};
+use crate::rest;
+use crate::session::Login;
 use crate::App;
 
 /// The path prefix of console connections.
 pub const PREFIX: &str = "/console/";
 
-/// Opens a console connection for `guest`, or refuses with the HTTP status
-/// and sentence of the engine's error before upgrading.
-pub fn upgrade(app: Arc<App>, peer: SocketAddr, guest: &str, ws: WebSocketUpgrade) -> Response {
+/// Opens a console connection for `guest`, or refuses before upgrading:
+/// 401/403 without a full login, else the HTTP status and sentence of the
+/// engine's error (`{"console":{"error":…}}`).
+pub async fn upgrade(
+    app: Arc<App>,
+    peer: SocketAddr,
+    login: Login,
+    guest: &str,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // The console is the guest's keyboard: it needs a login with full
+    // access, given on the upgrade request (Bearer token or Basic).
+    let who = match login {
+        Login::Verified(who) => Some(who),
+        Login::Token(t) => app.auth.check(&t).await,
+        Login::None => None,
+    };
+    let Some(who) = who else {
+        return rest::reply(&Outcome::protocol(
+            ErrorCode::Unauthorized,
+            "the console needs a login: send 'Authorization: Bearer <token>' (or Basic credentials) with the upgrade request",
+        ));
+    };
+    if !who.may_write() {
+        return rest::reply(&forbidden(&who, "the console needs full access"));
+    }
     let (viewer, running) = match app.vmm.console_viewer(guest) {
         Ok(v) => v,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.kind.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (status, e.message).into_response();
-        }
+        Err(e) => return rest::reply(&Outcome::action_error("console", &e)),
     };
     let guest = guest.to_string();
     ws.on_upgrade(move |socket| serve(app, peer, guest, viewer, running, socket))

@@ -2,11 +2,10 @@
 //! engine.
 //!
 //! ```text
-//! frame / HTTP body ──► hyve_proto (parse) ──► api::dispatch ──► engine
-//!        ◄── ws::render / rest::reply ◄──────── Outcome ◄─────────┘
+//! TCP ─► listen (limit, TLS) ─► ws / rest ─► session login ─► api::dispatch ─► engine
+//!                     ◄── ws::render / rest::reply ◄──────── Outcome ◄──────────┘
 //! ```
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use anyhow::Context;
 use axum::routing::any;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use hyve_engine::events::EventBus;
@@ -26,11 +25,14 @@ use hyve_engine::vmm::qemu::QemuDriver;
 use hyve_engine::{Engine, Vmm};
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod console;
 pub mod datadir;
+pub mod listen;
 pub mod rest;
 pub mod session;
+pub mod tls;
 pub mod ws;
 
 pub use config::{Config, Overrides};
@@ -45,6 +47,10 @@ pub struct App {
     pub events: Arc<EventBus>,
     /// Background tasks (`fetchiso`, `rpc/dispatcher`).
     pub tasks: Arc<Dispatcher>,
+    /// Logins, tokens, the blacklist, registered keys.
+    pub auth: auth::Auth,
+    /// The transport limits of `[limits]`, checked.
+    pub net: config::NetLimits,
     /// Flips to `true` when the server is stopping.
     pub shutdown: watch::Sender<bool>,
 }
@@ -54,16 +60,25 @@ pub struct Server {
     app: Arc<App>,
     ws: TcpListener,
     rest: TcpListener,
+    tls: Option<tls::Tls>,
     _lock: datadir::DataDirLock,
 }
 
 impl Server {
-    /// Opens the data dir and the engine and binds both listeners.
+    /// Opens the data dir, the engine, the accounts and TLS, and binds both
+    /// listeners.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let lock = datadir::prepare(&config.data_dir)?;
         let limits = config.limits()?;
         let task_limits = config.task_limits()?;
         let fetcher = Fetcher::new(config.fetch_config()?).context("[fetch]")?;
+        let net = config.net_limits()?;
+        let auth = auth::Auth::open(&config)?;
+        let tls = if config.tls.enabled {
+            Some(tls::load(&config.tls, &config.state_dir())?)
+        } else {
+            None
+        };
         let store = Arc::new(DirStore::new(&config.data_dir, config.pools.clone()));
         let tasks_dir = store.state_dir().join("tasks");
         let engine = tokio::task::spawn_blocking(move || Engine::open(store, limits))
@@ -100,12 +115,15 @@ impl Server {
             vmm,
             events,
             tasks,
+            auth,
+            net,
             shutdown,
         });
         Ok(Server {
             app,
             ws,
             rest,
+            tls,
             _lock: lock,
         })
     }
@@ -122,13 +140,18 @@ impl Server {
         &self.app
     }
 
+    /// The served certificate's fingerprint, when TLS is on.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.fingerprint.as_str())
+    }
+
     /// Serves until `stop` resolves, then closes every connection and
     /// returns once in-flight requests are answered (at most 10 s).
     pub async fn serve(
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let scheme = if self.app.config.tls.enabled { "s" } else { "" };
+        let scheme = if self.tls.is_some() { "s" } else { "" };
         info!(
             "listening ws=ws{scheme}://{} rest=http{scheme}://{}",
             self.ws_addr(),
@@ -150,30 +173,30 @@ impl Server {
         tokio::spawn(async move {
             stop.await;
             info!("stopping");
-            let _ = app.shutdown.send(true);
+            // send_replace: the value must change even if no one listens yet.
+            app.shutdown.send_replace(true);
         });
-        let wait = |app: Arc<App>| async move {
-            let mut rx = app.shutdown.subscribe();
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let ws = axum::serve(
-            self.ws,
-            ws_router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(wait(self.app.clone()));
-        let rest = axum::serve(
-            self.rest,
-            rest_router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(wait(self.app.clone()));
-        let both = async { tokio::try_join!(ws.into_future(), rest.into_future()) };
+        // Every connection holds a clone of `alive`; when the last one
+        // closes, `gone` yields `None`.
+        let (alive, mut gone) = mpsc::channel::<()>(1);
+        let shared = listen::Shared::new(
+            self.tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
+            self.app.net.max_connections,
+            self.app.shutdown.subscribe(),
+            alive,
+        );
+        let ws = tokio::spawn(listen::run(self.ws, ws_router, shared.clone()));
+        let rest = tokio::spawn(listen::run(self.rest, rest_router, shared));
         let mut rx = self.app.shutdown.subscribe();
-        tokio::select! {
-            r = both => { r?; }
-            _ = async {
-                let _ = rx.wait_for(|s| *s).await;
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            } => { info!("gave up waiting for connections to close"); }
+        let _ = rx.wait_for(|s| *s).await;
+        let _ = tokio::join!(ws, rest);
+        if tokio::time::timeout(Duration::from_secs(10), gone.recv())
+            .await
+            .is_err()
+        {
+            info!("gave up waiting for connections to close");
         }
         info!("stopped");
         Ok(())

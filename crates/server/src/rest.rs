@@ -1,40 +1,69 @@
 //! REST: `PUT /<namespace>/<name>` with a JSON body (GET and POST too).
 //! The reply body is `{"args": …}`; the HTTP status tells the class of
-//! failure.
+//! failure. Every request logs in by itself: HTTP Basic, or
+//! `Authorization: Bearer <token>` from `rpc/auth`; a 401 carries
+//! `WWW-Authenticate` so that curl and browsers know to ask.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use std::net::SocketAddr;
-
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use hyve_proto::{ErrorCode, ProtocolError, Request, RequestHead};
 
 use crate::api::{self, Outcome};
-use crate::session::Session;
+use crate::session::{login_from_headers, Session};
 use crate::App;
 
-fn reply(outcome: &Outcome) -> Response {
+pub fn reply(outcome: &Outcome) -> Response {
     let args = match outcome {
         Outcome::Ok(v) => v.clone(),
         Outcome::ActionError { args, .. } => args.clone(),
         Outcome::Protocol(p) => p.args(),
+        Outcome::NoReply => json!({}),
     };
     let status = StatusCode::from_u16(outcome.http_status()).unwrap_or(StatusCode::OK);
-    (
+    let mut r = (
         status,
         [(header::CONTENT_TYPE, "application/json")],
         json!({ "args": args }).to_string(),
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"hyve\", charset=\"UTF-8\""),
+        );
+    }
+    r
 }
 
 fn protocol(code: ErrorCode, detail: String) -> Response {
     reply(&Outcome::Protocol(ProtocolError::new(code, detail)))
+}
+
+/// The body, or the 413 that says how large it may be.
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        protocol(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than this server accepts ({max} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| too_large())
 }
 
 /// Every path lands here; `/<namespace>/<name>` is routed, the rest is 404.
@@ -43,7 +72,8 @@ pub async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     if !matches!(method, Method::GET | Method::PUT | Method::POST) {
         let mut r = protocol(
@@ -53,6 +83,14 @@ pub async fn handle(
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return r;
     }
+    let body = match read_body(body, &headers, app.net.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let login = match login_from_headers(&app, peer, &headers).await {
+        Ok(l) => l,
+        Err(e) => return reply(&Outcome::Protocol(e)),
+    };
     let parts: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let [namespace, name] = parts[..] else {
         return protocol(
@@ -85,7 +123,7 @@ pub async fn handle(
         },
         args,
     };
-    let session = Session::rest(peer);
+    let session = Session::rest(peer, login);
     let outcome = api::dispatch(&app, &session, &req).await;
     reply(&outcome)
 }

@@ -458,6 +458,10 @@ impl Store for DirStore {
         }
     }
 
+    fn pool_dir(&self, pool: &str) -> PathBuf {
+        self.pool_root(pool)
+    }
+
     fn iso_dir(&self, pool: &str) -> PathBuf {
         self.iohyve_dir(pool).join("ISO")
     }

@@ -83,6 +83,8 @@ pub trait Store: Send + Sync + 'static {
     /// The image of disk `n`.
     fn disk_path(&self, rec: &GuestRecord, n: u32) -> PathBuf;
 
+    /// The folder (or mount point) of `pool`, for reporting its space.
+    fn pool_dir(&self, pool: &str) -> PathBuf;
     /// The ISO store of `pool`.
     fn iso_dir(&self, pool: &str) -> PathBuf;
     /// The complete ISOs of `pools`, sorted, with the pool each is in.

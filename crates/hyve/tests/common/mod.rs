@@ -1,5 +1,7 @@
-//! Test support: a real `hyve serve` process on loopback ports, clients for
-//! both transports, and a snapshot of a data dir to prove nothing changed.
+//! Test support: a real `hyve serve` process on loopback ports (TLS and
+//! logins on, as shipped), clients for both transports that trust its
+//! certificate and log in by themselves, and a snapshot of a data dir to
+//! prove nothing changed.
 #![allow(dead_code)]
 
 pub mod guest;
@@ -12,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
+use sha2::Digest;
 
 pub mod origin;
 pub mod tasks;
@@ -66,6 +70,55 @@ impl ParseJson for String {
 
 pub const HYVE: &str = env!("CARGO_BIN_EXE_hyve");
 
+/// The full user every test server starts with.
+pub const USER: &str = "tester";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub use hyve_client::{ConnectOptions, Credentials, Fingerprint, Trust};
+
+/// Adds a user to the account file of `data_dir` with `hyve user add`.
+pub fn add_user(data_dir: &Path, config: Option<&Path>, user: &str, role: &str, password: &str) {
+    let out = user_cmd(
+        data_dir,
+        config,
+        &["add", user, "--role", role, "--password-stdin"],
+        password,
+    );
+    assert!(
+        out.status.success(),
+        "hyve user add {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `hyve user <args>` on `data_dir`, `stdin` as its input.
+pub fn user_cmd(
+    data_dir: &Path,
+    config: Option<&Path>,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(HYVE);
+    cmd.arg("user").args(args).arg("--data-dir").arg(data_dir);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hyve user");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{stdin}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A running server process.
 pub struct TestServer {
     child: Child,
@@ -73,19 +126,50 @@ pub struct TestServer {
     pub rest: String,
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
+    /// The served certificate (PEM) and its fingerprint; `None` with --no-tls.
+    pub cert_pem: Option<Vec<u8>>,
+    pub fingerprint: Option<Fingerprint>,
+    /// The config file the server was started with, if any.
+    pub config: Option<PathBuf>,
+    token: Mutex<Option<String>>,
+    /// Where the CLI run by `cli()` keeps its logins.
+    cli_home: tempfile::TempDir,
 }
 
 impl TestServer {
-    /// Starts `hyve serve --no-tls` on free loopback ports over `data_dir`.
+    /// Starts `hyve serve` (TLS, logins required: the defaults) on free
+    /// loopback ports over `data_dir`, with the full user `USER`.
     pub fn start(data_dir: &Path) -> TestServer {
         Self::start_with(data_dir, &[])
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> TestServer {
+        Self::launch(data_dir, extra, None)
+    }
+
+    /// Starts with a config file holding `toml` (written beside the data
+    /// dir's pools, in the data dir itself).
+    pub fn start_with_config(data_dir: &Path, toml: &str) -> TestServer {
+        let path = data_dir.join("test-config.toml");
+        std::fs::write(&path, toml).unwrap();
+        Self::launch(data_dir, &[], Some(path))
+    }
+
+    fn launch(data_dir: &Path, extra: &[&str], config: Option<PathBuf>) -> TestServer {
+        let users = data_dir.join("hyve/users.toml");
+        let has_tester = std::fs::read_to_string(&users)
+            .map(|t| t.contains(&format!("[users.{USER}]")))
+            .unwrap_or(false);
+        let pam = config
+            .as_ref()
+            .map(|c| std::fs::read_to_string(c).unwrap().contains("\"pam\""))
+            .unwrap_or(false);
+        if !has_tester && !pam {
+            add_user(data_dir, config.as_deref(), USER, "full", PASSWORD);
+        }
         let mut cmd = Command::new(HYVE);
         cmd.args([
             "serve",
-            "--no-tls",
             "--ws-listen",
             "127.0.0.1:0",
             "--rest-listen",
@@ -98,6 +182,9 @@ impl TestServer {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
+        }
         let mut child = cmd.spawn().expect("spawn hyve serve");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -116,7 +203,7 @@ impl TestServer {
                 l.push('\n');
             }
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
@@ -131,59 +218,181 @@ impl TestServer {
                 .unwrap_or_else(|| panic!("no {key} in {line}"))
                 .to_string()
         };
+        let ws = field("ws=");
+        let (cert_pem, fingerprint) = if ws.starts_with("wss://") {
+            // The configured certificate, or the self-signed one.
+            let configured = config.as_ref().and_then(|c| {
+                std::fs::read_to_string(c).unwrap().lines().find_map(|l| {
+                    let v = l.trim().strip_prefix("cert")?.trim().strip_prefix('=')?;
+                    Some(PathBuf::from(v.trim().trim_matches('"')))
+                })
+            });
+            let path = configured.unwrap_or_else(|| data_dir.join("hyve/tls/cert.pem"));
+            let pem = std::fs::read(&path).expect("the served certificate");
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+            let fp: Fingerprint = sha2::Sha256::digest(der.as_ref()).into();
+            (Some(pem), Some(fp))
+        } else {
+            (None, None)
+        };
         TestServer {
             child,
-            ws: field("ws="),
+            ws,
             rest: field("rest="),
             data_dir: data_dir.to_path_buf(),
             log,
+            cert_pem,
+            fingerprint,
+            config,
+            token: Mutex::new(None),
+            cli_home: tempfile::tempdir().unwrap(),
         }
     }
 
-    /// A ready client (every test goes through here, so that connection
-    /// details such as TLS and login live in one place).
+    /// How tests trust this server: by its certificate's fingerprint.
+    pub fn trust(&self) -> Trust {
+        Trust::Fingerprint(self.fingerprint)
+    }
+
+    /// Options to connect as `user`.
+    pub fn options_as(&self, user: &str, password: &str) -> ConnectOptions {
+        ConnectOptions {
+            trust: self.trust(),
+            credentials: Some(Credentials::Password {
+                user: user.into(),
+                password: password.into(),
+            }),
+            bearer: None,
+        }
+    }
+
+    /// A ready client, logged in as `USER` with rpc/auth (every test goes
+    /// through here, so that connection details such as TLS and login live
+    /// in one place).
     pub async fn client(&self) -> Client {
-        Client::connect(&self.ws).await.expect("connect")
+        self.client_as(USER, PASSWORD).await
     }
 
-    /// A raw WebSocket on `path`, ready for requests, for tests that need
-    /// to see or send exact frames.
-    pub async fn raw_ws(&self, path: &str) -> RawWs {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("{}{path}", self.ws))
+    /// A client logged in as `user`; panics if the login fails.
+    pub async fn client_as(&self, user: &str, password: &str) -> Client {
+        Client::connect_with(&self.ws, &self.options_as(user, password))
             .await
-            .expect("connect");
-        ws
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
     }
 
-    /// A raw WebSocket on `path` whose socket has the smallest receive
-    /// buffer the kernel allows, so that a test which stops reading it
-    /// makes the server's writes to it block after a few kilobytes.
+    /// A raw WebSocket on `path`, logged in, whose socket has the smallest
+    /// receive buffer the kernel allows, so that a test which stops reading
+    /// it makes the server's writes to it block after a few kilobytes.
     pub async fn raw_ws_tiny_window(&self, path: &str) -> RawWs {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}{path}", self.ws);
         let addr: std::net::SocketAddr = self
             .ws
+            .trim_start_matches("wss://")
             .trim_start_matches("ws://")
             .parse()
             .expect("ws address");
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.set_recv_buffer_size(1).unwrap();
         let tcp = sock.connect(addr).await.expect("connect");
-        let (ws, _) = tokio_tungstenite::client_async(
-            format!("{}{path}", self.ws),
-            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        let mut request = url.as_str().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", self.token().await).parse().unwrap(),
+        );
+        let (config, _) = hyve_client::tls::client_config(&self.trust()).unwrap();
+        let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            tcp,
+            None,
+            Some(tokio_tungstenite::Connector::Rustls(config)),
         )
         .await
         .expect("websocket handshake");
         ws
     }
 
-    /// `PUT /sysadm/iohyve` with `body`: (status, reply body).
-    pub async fn rest(&self, path: &str, body: &str) -> (u16, Value) {
-        let r = reqwest::Client::new()
+    /// A client that has not logged in.
+    pub async fn anonymous_client(&self) -> Client {
+        let o = ConnectOptions {
+            trust: self.trust(),
+            ..Default::default()
+        };
+        Client::connect_with(&self.ws, &o).await.expect("connect")
+    }
+
+    /// A token of `USER`, from REST rpc/auth (fetched once).
+    pub async fn token(&self) -> String {
+        if let Some(t) = self.token.lock().unwrap().clone() {
+            return t;
+        }
+        let r = self
+            .http()
+            .put(format!("{}/rpc/auth", self.rest))
+            .body(serde_json::json!({"username": USER, "password": PASSWORD}).to_string())
+            .send()
+            .await
+            .expect("rest rpc/auth");
+        let v: Value = r.json().await.unwrap();
+        let t = v["args"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("rpc/auth: {v}"))
+            .to_string();
+        *self.token.lock().unwrap() = Some(t.clone());
+        t
+    }
+
+    /// A raw WebSocket on `path`, logged in (a Bearer token on the upgrade
+    /// request), for tests that need to see or send exact frames.
+    pub async fn raw_ws(&self, path: &str) -> RawWs {
+        let o = ConnectOptions {
+            trust: self.trust(),
+            credentials: None,
+            bearer: Some(self.token().await),
+        };
+        hyve_client::open(&format!("{}{path}", self.ws), &o)
+            .await
+            .expect("connect")
+            .0
+    }
+
+    /// A raw WebSocket that has not logged in.
+    pub async fn raw_ws_anonymous(&self, path: &str) -> RawWs {
+        let o = ConnectOptions {
+            trust: self.trust(),
+            ..Default::default()
+        };
+        hyve_client::open(&format!("{}{path}", self.ws), &o)
+            .await
+            .expect("connect")
+            .0
+    }
+
+    /// An HTTP client that trusts this server's certificate (no login).
+    pub fn http(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder().use_rustls_tls();
+        if let Some(pem) = &self.cert_pem {
+            b = b
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap());
+        }
+        b.build().unwrap()
+    }
+
+    /// `PUT <path>` with `body`, logged in as `USER` (Bearer).
+    pub async fn rest_raw(&self, path: &str, body: &str) -> reqwest::Response {
+        self.http()
             .put(format!("{}{path}", self.rest))
+            .bearer_auth(self.token().await)
             .body(body.to_string())
             .send()
             .await
-            .expect("rest request");
+            .expect("rest request")
+    }
+
+    /// `PUT <path>` with `body`, logged in as `USER`: (status, reply body).
+    pub async fn rest(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = self.rest_raw(path, body).await;
         let status = r.status().as_u16();
         assert_eq!(
             r.headers().get("content-type").map(|v| v.to_str().unwrap()),
@@ -194,6 +403,31 @@ impl TestServer {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// The `hyve` CLI, pointed at this server and logged in through
+    /// HYVE_USER/HYVE_PASSWORD, with its own config folder in which this
+    /// server's certificate is already known.
+    pub fn cli(&self) -> Command {
+        let dir = self.cli_home.path();
+        if let Some(fp) = &self.fingerprint {
+            let key = self.ws.trim_start_matches("wss://").trim_end_matches('/');
+            let line = format!("{key} {}\n", hyve_client::fingerprint_text(fp));
+            std::fs::write(dir.join("known_servers"), line).unwrap();
+        }
+        let mut cmd = Command::new(HYVE);
+        cmd.env("HYVE_SERVER", &self.ws)
+            .env("HYVE_CONFIG_DIR", dir)
+            .env("HYVE_USER", USER)
+            .env("HYVE_PASSWORD", PASSWORD)
+            .env_remove("HYVE_CA")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The config folder of the CLI that `cli()` runs.
+    pub fn cli_home(&self) -> &Path {
+        self.cli_home.path()
     }
 
     pub fn pid(&self) -> u32 {
@@ -214,14 +448,14 @@ impl TestServer {
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
             if Instant::now() > deadline {
                 self.kill();
-                panic!("server did not stop on SIGTERM");
+                panic!("server did not stop on SIGTERM; its log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

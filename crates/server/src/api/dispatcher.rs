@@ -10,10 +10,11 @@ use hyve_engine::Error;
 use hyve_proto::envelope::json_type_name;
 use hyve_proto::ProtocolError;
 
-use super::Outcome;
+use super::{forbidden, Outcome};
+use crate::auth::Identity;
 use crate::App;
 
-pub async fn handle(app: &App, args: &Value) -> Outcome {
+pub async fn handle(app: &App, who: &Identity, args: &Value) -> Outcome {
     let Value::Object(obj) = args else {
         return Outcome::Protocol(ProtocolError::bad_request(format!(
             "dispatcher arguments must be an object, not {}",
@@ -25,6 +26,7 @@ pub async fn handle(app: &App, args: &Value) -> Outcome {
             let jobs: Map<String, Value> = app.tasks.list().into_iter().collect();
             Outcome::Ok(json!({ "jobs": jobs }))
         }
+        Some("kill") if !who.may_write() => forbidden(who, "killing a task needs full access"),
         Some("kill") => {
             let ids: Vec<String> = match obj.get("job_id") {
                 Some(Value::String(s)) => vec![s.clone()],

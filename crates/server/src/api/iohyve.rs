@@ -7,7 +7,8 @@ use hyve_engine::{Boot, Result};
 use hyve_proto::iohyve::{self as req, IohyveRequest, ParseError};
 use hyve_proto::ProtocolError;
 
-use super::Outcome;
+use super::{forbidden, Outcome};
+use crate::auth::Identity;
 use crate::App;
 
 fn yes_no(b: bool) -> &'static str {
@@ -18,7 +19,35 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-pub async fn handle(app: &App, args: &Value) -> Outcome {
+/// The reading actions, for the 403's sentence.
+fn reading_actions() -> String {
+    let names: Vec<&str> = req::Action::ALL
+        .into_iter()
+        .filter(|a| a.is_read_only())
+        .map(|a| a.name())
+        .collect();
+    names.join(", ")
+}
+
+pub async fn handle(app: &App, who: &Identity, args: &Value) -> Outcome {
+    // A limited user's changing action is refused before anything else is
+    // looked at, so the answer says nothing about the arguments.
+    let named = args
+        .get("action")
+        .and_then(Value::as_str)
+        .and_then(req::Action::from_name);
+    if let Some(a) = named {
+        if !a.is_read_only() && !who.may_write() {
+            return forbidden(
+                who,
+                &format!(
+                    "{} changes the host; it may run {} only",
+                    a.name(),
+                    reading_actions()
+                ),
+            );
+        }
+    }
     let request = match req::parse(args) {
         Ok(r) => r,
         Err(ParseError::Protocol(p)) => return Outcome::Protocol(p),
