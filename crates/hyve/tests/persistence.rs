@@ -49,7 +49,7 @@ async fn populate(c: &Client, data: &std::path::Path) {
     )
     .await
     .unwrap();
-    c.iohyve("setprop", json!({"name": "web", "ram": "1G", "cpu": "2", "boot": "1", "description": "front end, rack 2"}))
+    c.iohyve("setprop", json!({"name": "web", "ram": "1G", "cpu": "2", "persist": "0", "description": "front end, rack 2"}))
         .await
         .unwrap();
     std::fs::write(iso_dir(data).join("install.iso"), b"iso").unwrap();
