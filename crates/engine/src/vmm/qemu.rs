@@ -55,7 +55,7 @@ impl QemuDriver {
 }
 
 /// A path as a value inside a QEMU option list: `,` doubled.
-fn opt_path(p: &Path) -> OsString {
+pub(crate) fn opt_path(p: &Path) -> OsString {
     let mut out = Vec::new();
     for &b in p.as_os_str().as_bytes() {
         out.push(b);
@@ -82,7 +82,7 @@ impl Hypervisor for QemuDriver {
     fn prepare(&self) -> DriverFuture<'_, Result<()>> {
         Box::pin(async move {
             self.accel
-                .get_or_init(|| accel::resolve(&self.binary, self.choice))
+                .get_or_init(|| accel::resolve(&self.binary, self.choice, &self.ovmf_code))
                 .await;
             Ok(())
         })
