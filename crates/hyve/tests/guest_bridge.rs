@@ -98,6 +98,9 @@ fn link_local_from_mac() {
 
 #[tokio::test]
 async fn guests_are_bridged_onto_the_setup_nic() {
+    // Built (or found in the cache) before the thread enters the namespace:
+    // building it downloads Debian packages, and the namespace has no way out.
+    test_iso();
     let ns = Netns::new();
     ns.ip(&[
         "link", "add", "nic0", "type", "veth", "peer", "name", "wire0",
