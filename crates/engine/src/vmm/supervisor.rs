@@ -911,19 +911,17 @@ impl Vmm {
             return true;
         }
         let run_dir = g.run_dir();
-        let Some(pid) = procinfo::read_pidfile(&run_dir.join(run_files::PIDFILE)) else {
-            return false;
-        };
         let Ok(canonical) = std::fs::canonicalize(&run_dir) else {
             return false;
         };
-        let is_ours = || {
+        let ours = |pid: i32| {
             procinfo::read(pid)
                 .is_some_and(|p| p.cwd == canonical && self.hv.identifies(&p.argv, &g.name))
         };
-        if !is_ours() {
+        let Some(pid) = self.find_hypervisor(&g.name, &run_dir, &canonical).await else {
             return false;
-        }
+        };
+        let is_ours = || ours(pid);
         let Some(p) = rustix::process::Pid::from_raw(pid) else {
             return false;
         };
@@ -984,6 +982,40 @@ impl Vmm {
         let g2 = g.clone();
         tokio::spawn(async move { me.watch(g2, Exit::Pidfd(pidfd, pid), events).await });
         true
+    }
+
+    /// The pid of the guest's hypervisor, if one runs: the pidfile's when it
+    /// names it, else the process working in the run folder that the
+    /// driver recognises. A server killed just after spawning a hypervisor
+    /// leaves one that has not written its pidfile yet; going by the
+    /// pidfile alone, the next server would clear its sockets and later
+    /// start a second one on the same disks.
+    async fn find_hypervisor(&self, name: &str, run_dir: &Path, canonical: &Path) -> Option<i32> {
+        let identifies =
+            |p: &procinfo::ProcInfo| p.cwd == canonical && self.hv.identifies(&p.argv, name);
+        if let Some(pid) = procinfo::read_pidfile(&run_dir.join(run_files::PIDFILE)) {
+            if procinfo::read(pid).is_some_and(|p| identifies(&p)) {
+                return Some(pid);
+            }
+        }
+        // A process in the run folder that is not the hypervisor yet is one
+        // between fork and exec: give it a moment to become it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let procs = procinfo::working_in(canonical);
+            if let Some(p) = procs.iter().find(|p| identifies(p)) {
+                warn!(
+                    guest = name,
+                    pid = p.pid,
+                    "found the guest's hypervisor without its pidfile"
+                );
+                return Some(p.pid);
+            }
+            if procs.is_empty() || Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Cleans the run folder of a hypervisor that ended while no server
