@@ -19,6 +19,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 pub mod origin;
+pub mod reliability;
 pub mod tasks;
 
 pub use hyve_client::Client;
