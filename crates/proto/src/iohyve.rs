@@ -302,7 +302,7 @@ impl Args<'_> {
             Some(other) => Err(self.err(format!(
                 "Key '{key}' must be \"true\" or \"false\", not {}",
                 match other {
-                    Value::String(s) => format!("{s:?}"),
+                    Value::String(s) => format!("{:?}", truncate(s, 40)),
                     v => json_type_name(v).to_string(),
                 }
             ))),
@@ -507,6 +507,9 @@ mod tests {
         assert_eq!(msg, "Key 'ram' must be a string, not a number");
         let (_, msg) = action_err(json!({"action": "stop", "name": "g", "force": "yes"}));
         assert!(msg.contains("\"true\" or \"false\""));
+        // A client's value is quoted cut short, never whole.
+        let (_, msg) = action_err(json!({"action": "stop", "name": "g", "force": "y".repeat(1 << 20)}));
+        assert!(msg.len() < 200, "{} bytes", msg.len());
     }
 
     #[test]
