@@ -8,11 +8,16 @@
 //! are closed; and the limit's permit lives inside the connection's I/O, so
 //! it follows a WebSocket past the upgrade and is returned only when the
 //! socket closes.
+//!
+//! One client cannot starve the others: no address may hold more than
+//! `max_connections_per_address` of the slots, so slow or stuck clients
+//! from one place fill only their share.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,11 +50,50 @@ enum Stream {
 }
 
 /// One accepted connection: its stream, its place under the connection
-/// limit, and a token that keeps the server's shutdown waiting for it.
+/// limits, and a token that keeps the server's shutdown waiting for it.
 pub struct Conn {
     stream: Stream,
     _permit: OwnedSemaphorePermit,
+    _address: AddressSlot,
     _alive: mpsc::Sender<()>,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl AsyncRead for Conn {
@@ -71,21 +115,51 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// A connection's place in its address's share of the slots; returned on
+/// drop.
+struct AddressSlot {
+    addresses: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    /// Takes a place for `ip` if it holds fewer than `max`.
+    fn take(
+        addresses: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut m = addresses.lock().expect("address table poisoned");
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            addresses: addresses.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut m = self.addresses.lock().expect("address table poisoned");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }
@@ -97,6 +171,9 @@ pub struct Shared {
     /// The connection limit, both listeners together.
     pub slots: Arc<Semaphore>,
     pub max_connections: usize,
+    /// Open connections per client address, and the most each may hold.
+    addresses: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    pub max_per_address: usize,
     refusing: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     /// Clones live in every connection; the server waits until all are gone.
@@ -106,14 +183,16 @@ pub struct Shared {
 impl Shared {
     pub fn new(
         tls: Option<TlsAcceptor>,
-        max_connections: usize,
+        net: &crate::config::NetLimits,
         shutdown: watch::Receiver<bool>,
         alive: mpsc::Sender<()>,
     ) -> Shared {
         Shared {
             tls,
-            slots: Arc::new(Semaphore::new(max_connections)),
-            max_connections,
+            slots: Arc::new(Semaphore::new(net.max_connections)),
+            max_connections: net.max_connections,
+            addresses: Arc::default(),
+            max_per_address: net.max_connections_per_address,
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             shutdown,
             alive,
@@ -143,18 +222,27 @@ pub async fn run(tcp: TcpListener, router: Router, shared: Shared) {
             _ = stopping(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        match shared.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let slot = AddressSlot::take(&shared.addresses, peer.ip(), shared.max_per_address);
+        match (slot, shared.slots.clone().try_acquire_owned()) {
+            (Some(slot), Ok(permit)) => {
                 let (router, shared) = (router.clone(), shared.clone());
-                tokio::spawn(async move { serve(stream, peer, permit, router, shared).await });
+                tokio::spawn(
+                    async move { serve(stream, peer, permit, slot, router, shared).await },
+                );
             }
-            Err(_) => {
+            (slot, _) => {
+                let why = if slot.is_none() {
+                    Refusal::Address
+                } else {
+                    Refusal::Server
+                };
+                drop(slot);
                 let Ok(refusing) = shared.refusing.clone().try_acquire_owned() else {
                     continue; // dropped: closed at once
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    refuse(stream, peer, &shared).await;
+                    refuse(stream, peer, &shared, why).await;
                     drop(refusing);
                 });
             }
@@ -187,6 +275,7 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    slot: AddressSlot,
     router: Router,
     shared: Shared,
 ) {
@@ -196,6 +285,7 @@ async fn serve(
     let conn = Conn {
         stream,
         _permit: permit,
+        _address: slot,
         _alive: shared.alive.clone(),
     };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -226,11 +316,36 @@ async fn serve(
     }
 }
 
+/// Which limit a refused connection is over.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `max_connections`, all clients together.
+    Server,
+    /// `max_connections_per_address`.
+    Address,
+}
+
 /// The reply to a connection over the limit: a complete HTTP response with
 /// the error object, after reading the request head so that closing does
 /// not reset the connection under the client's feet.
-async fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    info!(%peer, limit = shared.max_connections, "too many connections: refused");
+async fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared, why: Refusal) {
+    let detail = match why {
+        Refusal::Server => {
+            info!(%peer, limit = shared.max_connections, "too many connections: refused");
+            format!(
+                "the server has too many connections open (at most {}); try again later",
+                shared.max_connections
+            )
+        }
+        Refusal::Address => {
+            info!(%peer, limit = shared.max_per_address, "too many connections from one address: refused");
+            format!(
+                "too many connections from {} (at most {} per address); close some and try again",
+                peer.ip(),
+                shared.max_per_address
+            )
+        }
+    };
     let Some(mut stream) = handshake(stream, peer, &shared.tls).await else {
         return;
     };
@@ -250,14 +365,7 @@ async fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     })
     .await;
     let body = serde_json::json!({
-        "args": ProtocolError::new(
-            ErrorCode::ServiceUnavailable,
-            format!(
-                "the server has too many connections open (at most {}); try again later",
-                shared.max_connections
-            ),
-        )
-        .args()
+        "args": ProtocolError::new(ErrorCode::ServiceUnavailable, detail).args()
     })
     .to_string();
     let reply = format!(
