@@ -508,7 +508,8 @@ mod tests {
         let (_, msg) = action_err(json!({"action": "stop", "name": "g", "force": "yes"}));
         assert!(msg.contains("\"true\" or \"false\""));
         // A client's value is quoted cut short, never whole.
-        let (_, msg) = action_err(json!({"action": "stop", "name": "g", "force": "y".repeat(1 << 20)}));
+        let (_, msg) =
+            action_err(json!({"action": "stop", "name": "g", "force": "y".repeat(1 << 20)}));
         assert!(msg.len() < 200, "{} bytes", msg.len());
     }
 

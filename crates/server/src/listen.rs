@@ -10,10 +10,15 @@
 //! socket closes.
 //!
 //! One client cannot starve the others: no address may hold more than
-//! `max_connections_per_address` of the slots, so slow or stuck clients
-//! from one place fill only their share.
+//! `max_connections_per_address` of the slots (slow or stuck clients from
+//! one place fill only their share), and a client that leaves the server's
+//! writes unread for `client_timeout_secs` is cut off in the I/O itself
+//! ([`Conn`]), whatever protocol runs above it: a WebSocket peer that
+//! stops reading would otherwise hold its slot, its tasks and its queued
+//! replies forever, since every other deadline waits on a read.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -37,9 +42,6 @@ use hyve_proto::{ErrorCode, ProtocolError};
 
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An HTTP connection waiting for (the rest of) a request head is closed
-/// after this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections being refused at once; past this they are just closed.
 const MAX_REFUSING: usize = 64;
 
@@ -50,12 +52,63 @@ enum Stream {
 }
 
 /// One accepted connection: its stream, its place under the connection
-/// limits, and a token that keeps the server's shutdown waiting for it.
+/// limits, a token that keeps the server's shutdown waiting for it, and
+/// the deadline of a write the client is not taking.
 pub struct Conn {
     stream: Stream,
     _permit: OwnedSemaphorePermit,
     _address: AddressSlot,
     _alive: mpsc::Sender<()>,
+    client_timeout: Duration,
+    /// Armed when a write cannot proceed (the client's window is full);
+    /// disarmed by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The client left a write untaken past the timeout: every later write
+    /// fails at once.
+    dead: bool,
+}
+
+impl Conn {
+    /// Runs one write-side poll under the stall deadline: progress disarms
+    /// it; `Pending` arms it, and once it fires the write fails with
+    /// `TimedOut`, so whatever protocol runs above lets the connection go.
+    fn write_with_deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.dead {
+            return Poll::Ready(Err(stall_error(self.client_timeout)));
+        }
+        match op(Pin::new(&mut self.stream), cx) {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.client_timeout;
+                let sleep = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.dead = true;
+                    self.stalled = None;
+                    return Poll::Ready(Err(stall_error(timeout)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn stall_error(timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the client took nothing the server wrote for {} s",
+            timeout.as_secs()
+        ),
+    )
 }
 
 impl AsyncRead for Stream {
@@ -115,13 +168,16 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut()
+            .write_with_deadline(cx, |s, cx| s.poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut()
+            .write_with_deadline(cx, |s, cx| s.poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        self.get_mut()
+            .write_with_deadline(cx, |s, cx| s.poll_shutdown(cx))
     }
 }
 
@@ -174,6 +230,8 @@ pub struct Shared {
     /// Open connections per client address, and the most each may hold.
     addresses: Arc<Mutex<HashMap<IpAddr, usize>>>,
     pub max_per_address: usize,
+    /// How long a client may take to send a request head or take a write.
+    pub client_timeout: Duration,
     refusing: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     /// Clones live in every connection; the server waits until all are gone.
@@ -193,6 +251,7 @@ impl Shared {
             max_connections: net.max_connections,
             addresses: Arc::default(),
             max_per_address: net.max_connections_per_address,
+            client_timeout: net.client_timeout,
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             shutdown,
             alive,
@@ -287,6 +346,9 @@ async fn serve(
         _permit: permit,
         _address: slot,
         _alive: shared.alive.clone(),
+        client_timeout: shared.client_timeout,
+        stalled: None,
+        dead: false,
     };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -296,7 +358,7 @@ async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(shared.client_timeout)
         .keep_alive(true);
     let conn = builder
         .serve_connection(TokioIo::new(conn), svc)
