@@ -50,14 +50,20 @@ fn action(rng: &mut StdRng) -> (&'static str, Value) {
     let g = format!("g{}", rng.random_range(0..GUESTS));
     let one = |rng: &mut StdRng, v: &[&str]| v[rng.random_range(0..v.len())].to_string();
     match rng.random_range(0..100) {
-        0..=11 => ("create", json!({"name": g, "size": one(rng, &["16M", "32M"])})),
+        0..=11 => (
+            "create",
+            json!({"name": g, "size": one(rng, &["16M", "32M"])}),
+        ),
         12..=17 => ("delete", json!({"name": g})),
         18..=27 => ("adddisk", json!({"name": g, "size": "8M"})),
         28..=35 => (
             "resizedisk",
             json!({"name": g, "disk": one(rng, &["disk0", "disk1", "disk2"]), "size": one(rng, &["40M", "64M", "96M"])}),
         ),
-        36..=43 => ("deletedisk", json!({"name": g, "disk": one(rng, &["disk1", "disk2", "disk3"])})),
+        36..=43 => (
+            "deletedisk",
+            json!({"name": g, "disk": one(rng, &["disk1", "disk2", "disk3"])}),
+        ),
         44..=59 => {
             let mut a = json!({"name": g});
             match rng.random_range(0..4) {
@@ -123,11 +129,19 @@ async fn fifty_clients_ten_guests_random_actions() {
     let mut tasks = Vec::new();
     for i in 0..CLIENTS {
         let w = server.client().await;
-        tasks.push(tokio::spawn(worker(w, seed.wrapping_add(i as u64), until, counts.clone())));
+        tasks.push(tokio::spawn(worker(
+            w,
+            seed.wrapping_add(i as u64),
+            until,
+            counts.clone(),
+        )));
     }
     for t in tasks {
         if let Err(e) = t.await.unwrap() {
-            panic!("HYVE_SEED={seed}: an error the rules do not call for: {e}\nserver log:\n{}", server.log());
+            panic!(
+                "HYVE_SEED={seed}: an error the rules do not call for: {e}\nserver log:\n{}",
+                server.log()
+            );
         }
     }
     let actions = counts.actions.load(Ordering::Relaxed);
@@ -147,8 +161,17 @@ async fn fifty_clients_ten_guests_random_actions() {
     let c = server.client().await;
     check_settled(&c, &pools, dirs.root.path(), &opaque, 20)
         .await
-        .unwrap_or_else(|e| panic!("HYVE_SEED={seed}, after SIGKILL: {e}\nserver log:\n{}", server.log()));
-    assert_eq!(state(&c).await, before, "the state changed across a SIGKILL");
+        .unwrap_or_else(|e| {
+            panic!(
+                "HYVE_SEED={seed}, after SIGKILL: {e}\nserver log:\n{}",
+                server.log()
+            )
+        });
+    assert_eq!(
+        state(&c).await,
+        before,
+        "the state changed across a SIGKILL"
+    );
     let vmm = |v: &Value| -> BTreeSet<String> {
         v.as_object()
             .unwrap()

@@ -42,7 +42,7 @@ async fn client_load(
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        if churn && n % 20 == 0 {
+        if churn && n.is_multiple_of(20) {
             c = server.client().await;
             counts.connections.fetch_add(1, Ordering::Relaxed);
         }
@@ -92,7 +92,7 @@ async fn rest_load(
         n += 1;
         let req = http.put(format!("{}/sysadm/iohyve", server.rest));
         // Now and then a password instead of a token: the slow path.
-        let req = if n % 25 == 0 {
+        let req = if n.is_multiple_of(25) {
             req.basic_auth(USER, Some(PASSWORD))
         } else {
             req.bearer_auth(&token)
