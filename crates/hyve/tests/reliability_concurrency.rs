@@ -35,6 +35,7 @@ fn allowed(msg: &str) -> bool {
         "is not running",
         "not larger than",
         "disk0 cannot be removed",
+        "the most a guest can have",
     ]
     .iter()
     .any(|a| msg.contains(a))

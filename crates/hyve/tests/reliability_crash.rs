@@ -46,6 +46,7 @@ fn allowed(msg: &str) -> bool {
         "in use by running guest",
         "is being downloaded already",
         "disk0 cannot be removed",
+        "the most a guest can have",
     ]
     .iter()
     .any(|a| msg.contains(a))
