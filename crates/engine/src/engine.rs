@@ -24,6 +24,12 @@ pub const VERSION: &str = concat!("hyve ", env!("CARGO_PKG_VERSION"), " (iohyve 
 /// The highest disk number a guest may have.
 const MAX_DISK: u32 = 999;
 
+/// The most disks a guest may have: what a hypervisor can attach. Each
+/// disk takes a PCI slot of the guest's one bus (QEMU's q35 and bhyve
+/// alike have 32, a few of them taken by the chipset, the network card
+/// and the install CD); a guest given more could never start again.
+pub const MAX_DISKS: usize = 24;
+
 /// One line of `listvms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSummary {
@@ -345,6 +351,12 @@ impl Engine {
         }
         let _g = self.guest_locks.lock(name).await;
         let current = self.guest(name)?;
+        if current.disks.len() >= MAX_DISKS {
+            return Err(Error::conflict(format!(
+                "guest '{name}' has {} disks, the most a guest can have (each takes a slot of its PCI bus); remove one first",
+                current.disks.len()
+            )));
+        }
         let n = current.disks.keys().max().map_or(0, |n| n + 1);
         if n > MAX_DISK {
             return Err(Error::conflict(format!(

@@ -117,6 +117,16 @@ mod tests {
     }
 
     #[test]
+    fn errors_quote_the_value_cut_short() {
+        // Found by the sizes fuzz target: control characters are quoted
+        // escaped (`\u{16}`), 40 of them at most, so the sentence stays
+        // a few hundred bytes whatever was sent.
+        let e = Size::parse(&format!("\"{}\"", "\u{16}".repeat(10_000))).unwrap_err();
+        assert!(e.len() < 600, "{} bytes", e.len());
+        assert!(e.contains("\\u{16}"), "{e}");
+    }
+
+    #[test]
     fn shows_bytes_in_the_largest_exact_unit() {
         assert_eq!(Size::from_bytes(10 << 30).text(), "10G");
         assert_eq!(Size::from_bytes(1536 << 20).text(), "1536M");

@@ -80,8 +80,27 @@ enum Command {
     Client(cli::ClientCommand),
 }
 
+/// Makes the allocator give large blocks back to the system when they are
+/// freed. glibc serves a block above its mmap threshold with its own
+/// mapping, but raises that threshold to the size of any such block freed:
+/// after one login (argon2 works in 19 MiB) every later one came from the
+/// heap of whatever thread ran it and stayed there, so a server that had
+/// seen logins on many threads kept hundreds of MB it no longer used. A
+/// fixed threshold keeps large blocks mapped and returned on free. Called
+/// before any thread exists.
+fn return_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        return_large_blocks();
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

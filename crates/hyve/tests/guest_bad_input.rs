@@ -170,3 +170,54 @@ async fn bad_requests_change_nothing() {
     c.iohyve("delete", json!({"name": "g"})).await.unwrap();
     assert!(qemu_pids_under(dirs.root.path()).is_empty());
 }
+
+/// A guest takes no more disks than a hypervisor can attach: with the
+/// most it may have it still installs and starts; one more is refused
+/// (the concurrency suite found guests given so many that QEMU ran out of
+/// PCI slots and they could never start again).
+#[tokio::test]
+async fn a_guest_takes_no_more_disks_than_it_can_boot_with() {
+    let dirs = GuestDirs::new();
+    let data = dirs.data();
+    let server = start_server(&data, "");
+    let c = server.client().await;
+    setup(&c).await;
+    c.iohyve("create", json!({"name": "g", "size": "1M"}))
+        .await
+        .unwrap();
+    c.iohyve("setprop", json!({"name": "g", "ram": "32M"}))
+        .await
+        .unwrap();
+    for _ in 1..hyve_engine::engine::MAX_DISKS {
+        c.iohyve("adddisk", json!({"name": "g", "size": "1M"}))
+            .await
+            .unwrap();
+    }
+    let e = c
+        .iohyve("adddisk", json!({"name": "g", "size": "1M"}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the most a guest can have"), "{e}");
+    let disks = c.iohyve("listdisks", json!({"name": "g"})).await.unwrap();
+    assert_eq!(
+        disks.as_object().unwrap().len(),
+        hyve_engine::engine::MAX_DISKS
+    );
+    std::fs::write(iso_dir(&data).join("blank.iso"), vec![0u8; 2048]).unwrap();
+    for (action, args) in [
+        ("install", json!({"name": "g", "iso": "blank.iso"})),
+        ("start", json!({"name": "g"})),
+    ] {
+        c.iohyve(action, args)
+            .await
+            .unwrap_or_else(|e| panic!("{action} with the most disks: {e}"));
+        c.iohyve("stop", json!({"name": "g", "force": "true"}))
+            .await
+            .unwrap();
+        wait_for("g off", || async {
+            (vm_state(&c, "g").await["vmm"] == "NO").then_some(())
+        })
+        .await;
+    }
+}

@@ -151,12 +151,20 @@ async fn leftovers_of_a_crash_are_cleared_at_start() {
     std::fs::create_dir(pool.join(".deleting-old-4567")).unwrap();
     std::fs::write(pool.join("web/.guest.toml.89ab.tmp"), "garbage").unwrap();
     std::fs::write(iso_dir(dir.path()).join("partial.iso.part"), b"half").unwrap();
+    // An image made by an adddisk that was never recorded, and one that a
+    // deletedisk unlisted but did not get to remove (db lists disk0 and
+    // disk2).
+    std::fs::write(pool.join("db/disk4.img"), b"").unwrap();
+    std::fs::write(pool.join("db/disk1.img"), b"deleted data").unwrap();
     let server = TestServer::start(dir.path());
     let c = server.client().await;
     assert_eq!(state(&c).await, before);
     assert!(!pool.join(".creating-half-0123").exists());
     assert!(!pool.join(".deleting-old-4567").exists());
     assert!(!pool.join("web/.guest.toml.89ab.tmp").exists());
+    assert!(!pool.join("db/disk4.img").exists());
+    assert!(!pool.join("db/disk1.img").exists());
+    assert!(pool.join("db/disk2.img").exists());
     drop(server);
 
     // A grow that reached the image but not guest.toml is finished.

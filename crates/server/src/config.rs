@@ -233,6 +233,12 @@ pub struct LimitsConfig {
     pub max_body_size: String,
     /// Requests one WebSocket may have running at once; more are answered 429.
     pub max_in_flight: usize,
+    /// Open connections from one client address; more are answered 503, so
+    /// that one client (slow, stuck or hostile) cannot take every slot.
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to send a request head or a REST body, and to
+    /// take a reply the server is writing; past it the connection is closed.
+    pub client_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -245,6 +251,8 @@ impl Default for LimitsConfig {
             max_frame_size: "1M".into(),
             max_body_size: "1M".into(),
             max_in_flight: 32,
+            max_connections_per_address: 64,
+            client_timeout_secs: 30,
         }
     }
 }
@@ -256,6 +264,8 @@ pub struct NetLimits {
     pub max_frame_bytes: usize,
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    pub max_connections_per_address: usize,
+    pub client_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -522,11 +532,19 @@ impl Config {
         if l.max_in_flight == 0 {
             anyhow::bail!("[limits] max_in_flight must be at least 1");
         }
+        if l.max_connections_per_address == 0 {
+            anyhow::bail!("[limits] max_connections_per_address must be at least 1");
+        }
+        if !(1..=3600).contains(&l.client_timeout_secs) {
+            anyhow::bail!("[limits] client_timeout_secs must be from 1 to 3600");
+        }
         Ok(NetLimits {
             max_connections: l.max_connections,
             max_frame_bytes: bytes("max_frame_size", &l.max_frame_size)?,
             max_body_bytes: bytes("max_body_size", &l.max_body_size)?,
             max_in_flight: l.max_in_flight,
+            max_connections_per_address: l.max_connections_per_address,
+            client_timeout: std::time::Duration::from_secs(l.client_timeout_secs),
         })
     }
 
@@ -580,6 +598,14 @@ mod tests {
         );
         let n = c.net_limits().unwrap();
         assert_eq!(n.max_frame_bytes, 1 << 20);
+        assert_eq!(n.max_connections_per_address, 64);
+        assert_eq!(n.client_timeout, std::time::Duration::from_secs(30));
+        let mut bad = c.clone();
+        bad.limits.max_connections_per_address = 0;
+        assert!(bad.check().is_err());
+        bad.limits.max_connections_per_address = 1;
+        bad.limits.client_timeout_secs = 0;
+        assert!(bad.check().is_err());
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl Server {
             self.tls
                 .as_ref()
                 .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
-            self.app.net.max_connections,
+            &self.app.net,
             self.app.shutdown.subscribe(),
             alive,
         );

@@ -46,8 +46,15 @@ fn protocol(code: ErrorCode, detail: String) -> Response {
     reply(&Outcome::Protocol(ProtocolError::new(code, detail)))
 }
 
-/// The body, or the 413 that says how large it may be.
-async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, Response> {
+/// The body, or the 413 that says how large it may be, or the 408 of a
+/// body that does not arrive within the client timeout (a client sending
+/// a byte now and then would otherwise hold its connection for ever).
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, Response> {
     let too_large = || {
         protocol(
             ErrorCode::PayloadTooLarge,
@@ -61,9 +68,23 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large())
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Ok(r) => r.map_err(|_| too_large()),
+        Err(_) => {
+            let mut r = protocol(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            Err(r)
+        }
+    }
 }
 
 /// Every path lands here; `/<namespace>/<name>` is routed, the rest is 404.
@@ -83,7 +104,14 @@ pub async fn handle(
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return r;
     }
-    let body = match read_body(body, &headers, app.net.max_body_bytes).await {
+    let body = match read_body(
+        body,
+        &headers,
+        app.net.max_body_bytes,
+        app.net.client_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };

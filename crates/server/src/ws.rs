@@ -127,6 +127,8 @@ async fn connection(
         };
         let msg = tokio::select! {
             m = stream.next() => m,
+            // The writer gave up on the client (see listen::Conn).
+            _ = tx.closed() => break None,
             _ = stopping(&mut shutdown) => break Some(close(1001, "the server is stopping".into())),
             _ = sleep_until(deadline) => {
                 info!(%peer, logged_in, "closing a quiet connection");
@@ -156,12 +158,16 @@ async fn connection(
                 break None;
             }
         };
+        // A failed send means the writer is gone (the client took no reply
+        // within the client timeout, or the socket failed): so is the
+        // connection.
         let req = match parse_request(&text) {
             Ok(r) => r,
             Err((id, err)) => {
-                let _ = tx
-                    .send(Message::Text(render_error(id.as_deref(), &err).into()))
-                    .await;
+                let frame = render_error(id.as_deref(), &err);
+                if tx.send(Message::Text(frame.into())).await.is_err() {
+                    break None;
+                }
                 continue;
             }
         };
@@ -171,7 +177,9 @@ async fn connection(
                 logged_out_since = Instant::now();
             }
             if let Some(frame) = render(&req.head, outcome) {
-                let _ = tx.send(Message::Text(frame.into())).await;
+                if tx.send(Message::Text(frame.into())).await.is_err() {
+                    break None;
+                }
             }
             continue;
         }
@@ -183,11 +191,10 @@ async fn connection(
                     app.net.max_in_flight
                 ),
             );
-            let _ = tx
-                .send(Message::Text(
-                    render_error(req.head.id.as_deref(), &err).into(),
-                ))
-                .await;
+            let frame = render_error(req.head.id.as_deref(), &err);
+            if tx.send(Message::Text(frame.into())).await.is_err() {
+                break None;
+            }
             continue;
         };
         let (app, tx, session) = (app.clone(), tx.clone(), session.clone());

@@ -283,3 +283,23 @@ async fn sha256_of(path: &Path) -> Result<String, Failure> {
     .await
     .map_err(|e| Failure::Failed(format!("checksum task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_field_and_keeps_the_rest() {
+        // From the urls fuzz target: the password's text also in the path.
+        // The password field is hidden; the path is the path.
+        let u = crate::validate::fetch_url("ftp:/:pw@fttp:/:pw@ftp.:.isoPw@ftpub/so").unwrap();
+        assert_eq!(u.password(), Some("pw"));
+        let shown = url::Url::parse(&redact(&u)).unwrap();
+        assert_eq!(shown.password(), Some("***"));
+        assert_eq!((shown.host_str(), shown.path()), (u.host_str(), u.path()));
+        let plain = crate::validate::fetch_url("ftp://user:secret@h/pub/a.iso").unwrap();
+        assert_eq!(redact(&plain), "ftp://user:***@h/pub/a.iso");
+        let none = crate::validate::fetch_url("http://h/a.iso").unwrap();
+        assert_eq!(redact(&none), "http://h/a.iso");
+    }
+}

@@ -14,7 +14,10 @@
 //! Crash safety: a guest is built under `.creating-<name>-<id>` and renamed
 //! into place; a deleted guest is first renamed to `.deleting-<name>-<id>`;
 //! `guest.toml` is replaced atomically; disk images are created under a
-//! temporary name. `scan_guests` clears whatever a crash left half-done.
+//! temporary name and listed only once whole, and unlisted before it is
+//! removed. `scan_guests` clears whatever a crash left half-done: the
+//! `.creating-`/`.deleting-` folders, temporary files, and disk images the
+//! guest does not list.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -235,7 +238,51 @@ impl DirStore {
                 warn!(guest = name, %err, "could not record the finished resize");
             }
         }
+        self.remove_unlisted_images(&rec);
         Some(rec)
+    }
+
+    /// Removes the disk images in the guest's folders that its record does
+    /// not list. `guest.toml` is the one truth about a guest's disks and an
+    /// image is made before it is listed and unlisted before it is removed,
+    /// so an unlisted image is what a crash left in the middle of
+    /// `adddisk` (never acknowledged, holding nothing) or `deletedisk`
+    /// (acknowledged: its data must not linger, nor its space stay taken).
+    fn remove_unlisted_images(&self, rec: &GuestRecord) {
+        let mut pools: Vec<&str> = vec![rec.pool.as_str()];
+        for d in rec.disks.values() {
+            if !pools.contains(&d.pool.as_str()) {
+                pools.push(&d.pool);
+            }
+        }
+        for pool in pools {
+            let folder = self.folder_in(pool, &rec.name);
+            let Ok(entries) = fs::read_dir(&folder) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let Some(n) = file
+                    .strip_suffix(".img")
+                    .and_then(|stem| validate::disk_name(stem).ok())
+                else {
+                    continue;
+                };
+                if rec.disks.get(&n).is_some_and(|d| d.pool == pool) {
+                    continue;
+                }
+                let path = e.path();
+                info!(guest = %rec.name, path = %path.display(), "removing a disk image the guest does not list (an interrupted adddisk or deletedisk)");
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        let _ = fsync_dir(&folder);
+                    }
+                    Err(err) => {
+                        warn!(path = %path.display(), %err, "could not remove an unlisted disk image")
+                    }
+                }
+            }
+        }
     }
 
     fn image_path(&self, guest: &str, n: u32, d: &DiskRecord) -> PathBuf {

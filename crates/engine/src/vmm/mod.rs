@@ -78,7 +78,9 @@ pub mod run_files {
     /// What was launched (boot mode, ISO, tap), written before the spawn.
     pub const LAUNCH: &str = "launch.toml";
     /// Present when the guest was stopped on purpose (by `stop`, or by
-    /// powering itself off); holds the host's boot id at that time.
+    /// powering itself off); holds the host's boot id at that time and the
+    /// kind of stop (`graceful`, `force`). Removed at each launch, so while
+    /// the hypervisor runs it means a stop is under way.
     pub const STOPPED: &str = "stopped";
 }
 

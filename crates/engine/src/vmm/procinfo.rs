@@ -38,6 +38,22 @@ pub fn read(pid: i32) -> Option<ProcInfo> {
     Some(ProcInfo { pid, cwd, argv })
 }
 
+/// The live processes whose working folder is `dir` (canonical). A guest's
+/// hypervisor always runs in its run folder, so this finds it even when
+/// its pidfile is not written yet or was lost: the pidfile is a shortcut,
+/// never the only way to know a guest runs.
+pub fn working_in(dir: &Path) -> Vec<ProcInfo> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter_map(read)
+        .collect()
+}
+
 /// Reads a pidfile: a decimal pid and a newline.
 pub fn read_pidfile(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -61,6 +77,25 @@ mod tests {
         assert!(!me.argv.is_empty());
         assert!(read(0).is_none());
         assert!(read(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn finds_processes_by_working_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(d.path()).unwrap();
+        assert!(working_in(&dir).is_empty());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(&dir)
+            .spawn()
+            .unwrap();
+        let found = working_in(&dir);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pid, child.id() as i32);
+        assert_eq!(found[0].argv[1], "30");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(working_in(&dir).is_empty());
     }
 
     #[test]

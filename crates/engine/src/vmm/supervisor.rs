@@ -718,7 +718,7 @@ impl Vmm {
         let _ = std::fs::remove_file(run_dir.join(run_files::LAUNCH));
         let expected = run.stop.is_some() || run.shutdown.is_some();
         if expected {
-            mark_stopped(&run_dir);
+            mark_stopped(&run_dir, run.stop.unwrap_or(StopKind::Graceful));
         }
         g.running.send_replace(false);
         g.console.trim();
@@ -786,7 +786,7 @@ impl Vmm {
             run.stop = Some(earlier.map_or(kind, |e| e.max(kind)));
             (run.qmp.clone(), run.pidfd.clone(), earlier)
         };
-        mark_stopped(&g.run_dir());
+        mark_stopped(&g.run_dir(), kind.max(earlier.unwrap_or(kind)));
         if earlier.is_some_and(|e| e >= kind) {
             g.log.line("stop requested again; already stopping");
             return Ok(());
@@ -890,9 +890,7 @@ impl Vmm {
             if g.is_running() {
                 continue;
             }
-            let marker =
-                std::fs::read_to_string(g.run_dir().join(run_files::STOPPED)).unwrap_or_default();
-            if !boot_id.is_empty() && marker.trim() == boot_id {
+            if !boot_id.is_empty() && stopped_this_boot(&g.run_dir()).is_some() {
                 info!(guest = %name, "boot is 1, but the guest was stopped on purpose since the host booted; leaving it off");
                 continue;
             }
@@ -911,19 +909,17 @@ impl Vmm {
             return true;
         }
         let run_dir = g.run_dir();
-        let Some(pid) = procinfo::read_pidfile(&run_dir.join(run_files::PIDFILE)) else {
-            return false;
-        };
         let Ok(canonical) = std::fs::canonicalize(&run_dir) else {
             return false;
         };
-        let is_ours = || {
+        let ours = |pid: i32| {
             procinfo::read(pid)
                 .is_some_and(|p| p.cwd == canonical && self.hv.identifies(&p.argv, &g.name))
         };
-        if !is_ours() {
+        let Some(pid) = self.find_hypervisor(&g.name, &run_dir, &canonical).await else {
             return false;
-        }
+        };
+        let is_ours = || ours(pid);
         let Some(p) = rustix::process::Pid::from_raw(pid) else {
             return false;
         };
@@ -983,7 +979,52 @@ impl Vmm {
         let me = self.clone();
         let g2 = g.clone();
         tokio::spawn(async move { me.watch(g2, Exit::Pidfd(pidfd, pid), events).await });
+        // The marker is removed when a hypervisor is launched, so one here
+        // is a stop of this very run that the last server acknowledged but
+        // did not live to finish: finish it.
+        if let Some(kind) = stopped_this_boot(&run_dir) {
+            warn!(guest = %g.name, pid, "finishing a stop the last server did not live to finish");
+            g.log
+                .line("finishing a stop the last server did not live to finish");
+            if let Err(e) = self.stop(&g.name, kind == StopKind::Force).await {
+                warn!(guest = %g.name, error = %e, "cannot finish the stop");
+            }
+        }
         true
+    }
+
+    /// The pid of the guest's hypervisor, if one runs: the pidfile's when it
+    /// names it, else the process working in the run folder that the
+    /// driver recognises. A server killed just after spawning a hypervisor
+    /// leaves one that has not written its pidfile yet; going by the
+    /// pidfile alone, the next server would clear its sockets and later
+    /// start a second one on the same disks.
+    async fn find_hypervisor(&self, name: &str, run_dir: &Path, canonical: &Path) -> Option<i32> {
+        let identifies =
+            |p: &procinfo::ProcInfo| p.cwd == canonical && self.hv.identifies(&p.argv, name);
+        if let Some(pid) = procinfo::read_pidfile(&run_dir.join(run_files::PIDFILE)) {
+            if procinfo::read(pid).is_some_and(|p| identifies(&p)) {
+                return Some(pid);
+            }
+        }
+        // A process in the run folder that is not the hypervisor yet is one
+        // between fork and exec: give it a moment to become it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let procs = procinfo::working_in(canonical);
+            if let Some(p) = procs.iter().find(|p| identifies(p)) {
+                warn!(
+                    guest = name,
+                    pid = p.pid,
+                    "found the guest's hypervisor without its pidfile"
+                );
+                return Some(p.pid);
+            }
+            if procs.is_empty() || Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Cleans the run folder of a hypervisor that ended while no server
@@ -1014,10 +1055,32 @@ fn clear_run_dir(dir: &Path) {
     }
 }
 
-/// Records that the guest was stopped on purpose during this host boot.
-fn mark_stopped(dir: &Path) {
+/// Records that the guest was stopped on purpose during this host boot,
+/// and how: written before `stop` answers, so that a server killed before
+/// the hypervisor is off leaves the next one a stop to finish.
+fn mark_stopped(dir: &Path, kind: StopKind) {
+    let kind = match kind {
+        StopKind::Graceful => "graceful",
+        StopKind::Force => "force",
+    };
     let _ = crate::fsutil::write_atomic(
         &dir.join(run_files::STOPPED),
-        format!("{}\n", procinfo::boot_id()).as_bytes(),
+        format!("{}\n{kind}\n", procinfo::boot_id()).as_bytes(),
     );
+}
+
+/// The kind of stop asked for during this host boot, if the guest's
+/// marker says one was (its first line is the boot id; the second the
+/// kind, graceful when absent).
+fn stopped_this_boot(dir: &Path) -> Option<StopKind> {
+    let text = std::fs::read_to_string(dir.join(run_files::STOPPED)).ok()?;
+    let mut lines = text.lines();
+    let boot = procinfo::boot_id();
+    if boot.is_empty() || lines.next()?.trim() != boot {
+        return None;
+    }
+    Some(match lines.next().map(str::trim) {
+        Some("force") => StopKind::Force,
+        _ => StopKind::Graceful,
+    })
 }

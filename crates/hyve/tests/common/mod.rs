@@ -19,6 +19,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 pub mod origin;
+pub mod reliability;
 pub mod tasks;
 
 pub use hyve_client::Client;
@@ -119,6 +120,11 @@ pub fn user_cmd(
     child.wait_with_output().unwrap()
 }
 
+thread_local! {
+    /// The user id `TestServer::start_as` runs the server as.
+    static SERVE_AS: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
 /// A running server process.
 pub struct TestServer {
     child: Child,
@@ -147,6 +153,16 @@ impl TestServer {
         Self::launch(data_dir, extra, None)
     }
 
+    /// Starts the server as user id `uid` (its group id the same), as a
+    /// server run by a service account would be: file modes then bind it,
+    /// as they do not bind root. The data dir is handed to that user.
+    pub fn start_as(data_dir: &Path, extra: &[&str], uid: u32) -> TestServer {
+        SERVE_AS.with(|u| u.set(Some(uid)));
+        let s = Self::launch(data_dir, extra, None);
+        SERVE_AS.with(|u| u.set(None));
+        s
+    }
+
     /// Starts with a config file holding `toml` (written beside the data
     /// dir's pools, in the data dir itself).
     pub fn start_with_config(data_dir: &Path, toml: &str) -> TestServer {
@@ -167,6 +183,26 @@ impl TestServer {
         if !has_tester && !pam {
             add_user(data_dir, config.as_deref(), USER, "full", PASSWORD);
         }
+        let serve_as = SERVE_AS.with(|u| u.get());
+        if let Some(uid) = serve_as {
+            // The data dir and the server's own state; pools are the
+            // test's to hand over (one may be read-only by then).
+            for (path, recursive) in [
+                (data_dir.to_path_buf(), false),
+                (data_dir.join("hyve"), true),
+            ] {
+                let mut chown = Command::new("chown");
+                if recursive {
+                    chown.arg("-R");
+                }
+                let st = chown
+                    .arg(format!("{uid}:{uid}"))
+                    .arg(&path)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "chown {}", path.display());
+            }
+        }
         let mut cmd = Command::new(HYVE);
         cmd.args([
             "serve",
@@ -184,6 +220,10 @@ impl TestServer {
         .stderr(Stdio::piped());
         if let Some(c) = &config {
             cmd.arg("--config").arg(c);
+        }
+        if let Some(uid) = serve_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
         }
         let mut child = cmd.spawn().expect("spawn hyve serve");
         let stderr = child.stderr.take().unwrap();
