@@ -104,7 +104,9 @@ pub async fn run(h: &Hyve, work: &Path, total: usize, blocks: usize) -> anyhow::
         }
         for n in &lv {
             let t = Instant::now();
-            crate::proc::timed(libvirt::virsh().args(["undefine", &format!("{}{n}", libvirt::PREFIX)]))?;
+            crate::proc::timed(
+                libvirt::virsh().args(["undefine", &format!("{}{n}", libvirt::PREFIX)]),
+            )?;
             std::fs::remove_file(img(n))?;
             r.virsh.delete.record(t.elapsed());
         }

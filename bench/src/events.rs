@@ -124,7 +124,11 @@ pub async fn run(
             let t0 = sent[k - 1];
             let mut got: Vec<Duration> = arrivals
                 .iter()
-                .filter_map(|a| a.iter().find(|(p, _)| *p == k).map(|(_, t)| t.saturating_duration_since(t0)))
+                .filter_map(|a| {
+                    a.iter()
+                        .find(|(p, _)| *p == k)
+                        .map(|(_, t)| t.saturating_duration_since(t0))
+                })
                 .collect();
             f.missing += (subscribers - got.len()) as u64;
             if got.is_empty() {

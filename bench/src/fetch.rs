@@ -55,7 +55,13 @@ async fn finished(
     }
 }
 
-pub async fn run(h: &Hyve, origin: &Origin, work: &Path, bytes: u64, rounds: usize) -> anyhow::Result<Fetch> {
+pub async fn run(
+    h: &Hyve,
+    origin: &Origin,
+    work: &Path,
+    bytes: u64,
+    rounds: usize,
+) -> anyhow::Result<Fetch> {
     let c = h.client().await?;
     c.subscribe(&["dispatcher"]).await?;
     let mut events = c.take_events().ok_or_else(|| anyhow!("no event stream"))?;

@@ -95,9 +95,12 @@ impl Hyve {
                 }
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| anyhow!("hyve serve did not start; see its log under {}", root.display()))?;
+        let line = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+            anyhow!(
+                "hyve serve did not start; see its log under {}",
+                root.display()
+            )
+        })?;
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))

@@ -211,7 +211,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     rep.set("quick", json!(args.quick));
     rep.set(
         "hyve_version",
-        json!(first_line(std::process::Command::new(&hyve_bin).arg("--version"))),
+        json!(first_line(
+            std::process::Command::new(&hyve_bin).arg("--version")
+        )),
     );
     eprintln!("hyve-bench: {}", rep.data["machine"]);
 
@@ -258,7 +260,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     ws.text(),
                     format!("virsh list --all p50 {}", ms(virsh.p50())),
                     format!("{} (virsh p50 / hyve p99)", times(virsh.p50() / ws.p99())),
-                    if goal { "p99 <= 2 ms; >= 10x virsh" } else { "" },
+                    if goal {
+                        "p99 <= 2 ms; >= 10x virsh"
+                    } else {
+                        ""
+                    },
                     goal.then_some(ws.p99() <= 2.0 && virsh.p50() / ws.p99() >= 10.0),
                 );
                 rep.row(
@@ -267,7 +273,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     rest.text(),
                     format!("virsh list --all p50 {}", ms(virsh.p50())),
                     format!("{} (virsh p50 / hyve p99)", times(virsh.p50() / rest.p99())),
-                    if goal { "p99 <= 2 ms; >= 10x virsh" } else { "" },
+                    if goal {
+                        "p99 <= 2 ms; >= 10x virsh"
+                    } else {
+                        ""
+                    },
                     goal.then_some(rest.p99() <= 2.0 && virsh.p50() / rest.p99() >= 10.0),
                 );
                 rep.row(
@@ -297,7 +307,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let per_req_us = server_cpu * 1e6 / req.max(1) as f64;
                 rep.row(
                     2,
-                    format!("listvms/s, {} WebSocket clients, {n} guests", sizes.rps_clients),
+                    format!(
+                        "listvms/s, {} WebSocket clients, {n} guests",
+                        sizes.rps_clients
+                    ),
                     format!("{m:.0}/s"),
                     "",
                     "",
@@ -338,7 +351,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 7,
                 "server memory idle (VmRSS)",
                 format!("{} fresh, {} after a login", mib(fresh), mib(after_login)),
-                lv_idle.map(|m| format!("libvirtd {}", mib(m.0))).unwrap_or_default(),
+                lv_idle
+                    .map(|m| format!("libvirtd {}", mib(m.0)))
+                    .unwrap_or_default(),
                 "",
                 "< 20 MiB",
                 Some(idle < 20 * 1024),
@@ -347,7 +362,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 7,
                 format!("server memory with {have} guests (VmRSS)"),
                 mib(rss),
-                lv_full.map(|m| format!("libvirtd {}", mib(m.0))).unwrap_or_default(),
+                lv_full
+                    .map(|m| format!("libvirtd {}", mib(m.0)))
+                    .unwrap_or_default(),
                 lv_full
                     .map(|m| format!("{} (libvirtd / hyve)", times(m.0 as f64 / rss as f64)))
                     .unwrap_or_default(),
@@ -388,7 +405,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "",
                 "",
                 format!("virsh start {}", s.virsh.text()),
-                format!("{} (virsh p50 / hyve p50)", times(s.virsh.p50() / s.hyve.p50())),
+                format!(
+                    "{} (virsh p50 / hyve p50)",
+                    times(s.virsh.p50() / s.hyve.p50())
+                ),
                 "<= half of virsh start",
                 Some(s.hyve.p50() <= s.virsh.p50() / 2.0),
             );
@@ -401,8 +421,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("hyve-bench: create and delete");
             let r = create::run(&h, &work, sizes.creates, sizes.create_blocks).await?;
             for (what, a, b, c2, d) in [
-                ("create", &r.api.create, &r.cli.create, &r.virsh.create, &r.session.create),
-                ("delete", &r.api.delete, &r.cli.delete, &r.virsh.delete, &r.session.delete),
+                (
+                    "create",
+                    &r.api.create,
+                    &r.cli.create,
+                    &r.virsh.create,
+                    &r.session.create,
+                ),
+                (
+                    "delete",
+                    &r.api.delete,
+                    &r.cli.delete,
+                    &r.virsh.delete,
+                    &r.session.delete,
+                ),
             ] {
                 rep.row(
                     4,
@@ -490,7 +522,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let e = events::run(&h, &origin, sizes.subscribers, sizes.event_rounds).await?;
             rep.row(
                 6,
-                format!("progress event to the last of {} subscribers", e.subscribers),
+                format!(
+                    "progress event to the last of {} subscribers",
+                    e.subscribers
+                ),
                 e.last.text(),
                 format!("first subscriber {}", e.first.text()),
                 "",

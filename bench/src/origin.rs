@@ -80,9 +80,7 @@ impl Body for Channel {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(Frame::data(b))))
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
     fn size_hint(&self) -> hyper::body::SizeHint {
         hyper::body::SizeHint::with_exact(self.len)
@@ -137,7 +135,11 @@ fn respond(cfg: &Config, req: &Request<hyper::body::Incoming>) -> Response<Eithe
             .body(Either::Paced(Channel { rx, len }))
             .expect("a valid response");
     }
-    let size = if path.starts_with("/big/") { cfg.size } else { 0 };
+    let size = if path.starts_with("/big/") {
+        cfg.size
+    } else {
+        0
+    };
     let status = if path.starts_with("/big/") { 200 } else { 404 };
     Response::builder()
         .status(status)

@@ -76,9 +76,8 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// Whether a program is on PATH.
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| Path::new(&d).join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(program).is_file()))
 }
 
 /// Flushes every file system, so that one run's dirty pages are not

@@ -114,7 +114,10 @@ impl QmpConn {
 
 /// Spawns `argv` in `dir` and returns once QMP says the guest runs, with
 /// the time that took and the QMP connection.
-fn raw_start(argv: &[String], dir: &Path) -> anyhow::Result<(Duration, std::process::Child, QmpConn)> {
+fn raw_start(
+    argv: &[String],
+    dir: &Path,
+) -> anyhow::Result<(Duration, std::process::Child, QmpConn)> {
     let run = dir.join("run");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(&run)?;
