@@ -150,9 +150,12 @@ fn machine() -> Value {
         "os": std::fs::read_to_string("/etc/os-release").unwrap_or_default().lines()
             .find_map(|l| l.strip_prefix("PRETTY_NAME=")).unwrap_or("").trim_matches('"'),
         "qemu": first_line(std::process::Command::new("qemu-system-x86_64").arg("--version")),
-        "libvirt": first_line(libvirt::virsh().args(["version", "--daemon"])
-            ).trim().to_string() + " / " + &proc::output(libvirt::virsh().args(["version", "--daemon"])).unwrap_or_default()
-            .lines().find(|l| l.contains("daemon")).unwrap_or("").trim(),
+        "libvirt": proc::output(libvirt::virsh().args(["version", "--daemon"]))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("daemon"))
+            .unwrap_or("")
+            .trim(),
         "curl": first_line(std::process::Command::new("curl").arg("--version")),
         "date": chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
     })
