@@ -131,9 +131,18 @@ pub async fn open(
     }
     let (config, seen) = tls::client_config(&options.trust).map_err(&fail)?;
     let connector = tokio_tungstenite::Connector::Rustls(config);
-    let result =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
-            .await;
+    // tungstenite zeroes the free part of its read buffer before every
+    // read; its 128 KiB default made each small reply cost a 128 KiB memset.
+    // One TLS record's worth; larger messages still grow it.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024);
+    let result = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(connector),
+    )
+    .await;
     let seen = *seen.lock().unwrap();
     match result {
         Ok((stream, _)) => Ok((stream, seen)),

@@ -1,6 +1,6 @@
 //! The request envelope and the reply frames (PROTOCOL.md section 2).
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 /// The part of a request that its reply echoes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -214,34 +214,62 @@ pub fn request_from_value(value: Value) -> Result<Request, (Option<String>, Prot
 /// Like the original server, a request without an id gets its own `name`
 /// where `"response"` would go, and an empty id.
 pub fn render_response(head: &RequestHead, args: Value) -> String {
+    render_response_json(head, &to_json(&args))
+}
+
+/// [`render_response`] for `args` already rendered as JSON text (a reply
+/// too large to be worth building as a `Value` first, such as listvms).
+pub fn render_response_json(head: &RequestHead, args: &str) -> String {
     let name = if head.id.is_some() {
         "response"
     } else {
         head.name.as_str()
     };
-    json!({
-        "args": args,
-        "id": head.id.as_deref().unwrap_or(""),
-        "name": name,
-        "namespace": head.namespace,
-    })
-    .to_string()
+    frame(
+        args,
+        head.id.as_deref().unwrap_or(""),
+        name,
+        &head.namespace,
+    )
 }
 
 /// Renders a protocol error frame: `name` and `namespace` are both `"error"`.
 pub fn render_error(id: Option<&str>, err: &ProtocolError) -> String {
-    json!({
-        "args": err.args(),
-        "id": id.unwrap_or(""),
-        "name": "error",
-        "namespace": "error",
-    })
-    .to_string()
+    frame(&to_json(&err.args()), id.unwrap_or(""), "error", "error")
+}
+
+/// Compact JSON text of a value (straight into a buffer, not through
+/// `Display`).
+pub fn to_json(v: &Value) -> String {
+    serde_json::to_string(v).expect("a JSON value serializes")
+}
+
+/// Appends a JSON string literal, escaped as serde_json escapes it.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to memory cannot fail");
+}
+
+/// `{"args":<args>,"id":…,"name":…,"namespace":…}`: the frame every reply,
+/// error and event is, its keys sorted as everywhere else, written
+/// directly instead of through an envelope `Value`.
+pub fn frame(args: &str, id: &str, name: &str, namespace: &str) -> String {
+    let mut out = Vec::with_capacity(args.len() + id.len() + name.len() + namespace.len() + 48);
+    out.extend_from_slice(b"{\"args\":");
+    out.extend_from_slice(args.as_bytes());
+    out.extend_from_slice(b",\"id\":");
+    json_str(&mut out, id);
+    out.extend_from_slice(b",\"name\":");
+    json_str(&mut out, name);
+    out.extend_from_slice(b",\"namespace\":");
+    json_str(&mut out, namespace);
+    out.push(b'}');
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn keys_are_sorted_and_compact() {

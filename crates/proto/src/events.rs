@@ -1,22 +1,17 @@
 //! Event frames pushed to subscribers (PROTOCOL.md section 4).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Renders an event frame:
 /// `{"args":<payload>,"id":"none","name":<event>,"namespace":"events"}`.
 pub fn render_event(event: &str, payload: &Value) -> String {
-    json!({
-        "args": payload,
-        "id": "none",
-        "name": event,
-        "namespace": "events",
-    })
-    .to_string()
+    crate::envelope::frame(&crate::envelope::to_json(payload), "none", event, "events")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn event_shape() {

@@ -16,6 +16,7 @@ pub mod events;
 pub mod iohyve;
 
 pub use envelope::{
-    parse_request, render_error, render_response, ErrorCode, ProtocolError, Request, RequestHead,
+    parse_request, render_error, render_response, render_response_json, ErrorCode, ProtocolError,
+    Request, RequestHead,
 };
 pub use events::render_event;

@@ -20,19 +20,16 @@ use crate::session::{login_from_headers, Session};
 use crate::App;
 
 pub fn reply(outcome: &Outcome) -> Response {
-    let args = match outcome {
-        Outcome::Ok(v) => v.clone(),
-        Outcome::ActionError { args, .. } => args.clone(),
-        Outcome::Protocol(p) => p.args(),
-        Outcome::NoReply => json!({}),
+    let body = match outcome {
+        Outcome::Ok(v) | Outcome::ActionError { args: v, .. } => {
+            args_body(&hyve_proto::envelope::to_json(v))
+        }
+        Outcome::Json(text) => args_body(text),
+        Outcome::Protocol(p) => args_body(&hyve_proto::envelope::to_json(&p.args())),
+        Outcome::NoReply => args_body("{}"),
     };
     let status = StatusCode::from_u16(outcome.http_status()).unwrap_or(StatusCode::OK);
-    let mut r = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({ "args": args }).to_string(),
-    )
-        .into_response();
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -40,6 +37,15 @@ pub fn reply(outcome: &Outcome) -> Response {
         );
     }
     r
+}
+
+/// `{"args":<args>}`
+fn args_body(args: &str) -> String {
+    let mut s = String::with_capacity(args.len() + 9);
+    s.push_str("{\"args\":");
+    s.push_str(args);
+    s.push('}');
+    s
 }
 
 fn protocol(code: ErrorCode, detail: String) -> Response {

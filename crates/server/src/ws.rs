@@ -28,7 +28,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
-use hyve_proto::{parse_request, render_error, render_response, ErrorCode, ProtocolError};
+use hyve_proto::{
+    parse_request, render_error, render_response, render_response_json, ErrorCode, ProtocolError,
+};
 
 use crate::api::{self, rpc, Outcome};
 use crate::listen::stopping;
@@ -37,6 +39,11 @@ use crate::App;
 
 /// Frames waiting for the writer, per connection.
 const OUT_QUEUE: usize = 256;
+
+/// The WebSocket read buffer: one TLS record's worth. tungstenite zeroes
+/// the free part of it before every read, so its default (128 KiB) cost a
+/// 128 KiB memset per request frame; larger messages still grow it.
+pub const READ_BUFFER: usize = 16 * 1024;
 
 /// The upgrade is accepted on any path, with no subprotocol; paths under
 /// `/console/` open a guest's serial console instead of the API.
@@ -66,6 +73,7 @@ pub async fn upgrade(
     let limit = app.net.max_frame_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| connection(app, peer, login, owned, socket))
 }
 
@@ -73,6 +81,7 @@ pub async fn upgrade(
 pub fn render(head: &hyve_proto::RequestHead, outcome: Outcome) -> Option<String> {
     match outcome {
         Outcome::Ok(args) | Outcome::ActionError { args, .. } => Some(render_response(head, args)),
+        Outcome::Json(args) => Some(render_response_json(head, &args)),
         Outcome::Protocol(p) => Some(render_error(head.id.as_deref(), &p)),
         Outcome::NoReply => None,
     }

@@ -15,7 +15,10 @@ use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{finish_part, io_failure, open_part, redact, Failure, FetchConfig, Job, Reporter};
+use super::{
+    finish_part, io_failure, open_part, redact, Failure, FetchConfig, Job, Reporter, Writeback,
+    BUF_SIZE,
+};
 use crate::error::Error;
 
 /// The http client every download shares: connect timeout, bounded
@@ -267,6 +270,10 @@ async fn attempt(
     }
     let part = job.part_path();
     let mut f = open_part(&part, start).await?;
+    let mut writeback = Writeback::new(&f).await;
+    // Network chunks are small (a few KiB); each write to the file is a
+    // trip to a blocking thread, so they are gathered first.
+    let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE * 2);
     let mut done = start;
     report.progress(done, total);
     let mut resp = resp;
@@ -277,6 +284,7 @@ async fn attempt(
         };
         match chunk {
             Err(_) => {
+                drain(&mut f, &mut buf, &part).await?;
                 finish_part(&mut f, &part).await?;
                 return Err(Interrupted::Resumable(format!(
                     "the download stalled: no data from {} for {} s, after {}",
@@ -286,6 +294,7 @@ async fn attempt(
                 )));
             }
             Ok(Err(_)) => {
+                drain(&mut f, &mut buf, &part).await?;
                 finish_part(&mut f, &part).await?;
                 return Err(Interrupted::Resumable(format!(
                     "{} closed the connection after {}",
@@ -295,14 +304,17 @@ async fn attempt(
             }
             Ok(Ok(None)) => break,
             Ok(Ok(Some(bytes))) => {
-                f.write_all(&bytes)
-                    .await
-                    .map_err(|e| io_failure("write", &part, e))?;
+                buf.extend_from_slice(&bytes);
+                if buf.len() >= BUF_SIZE {
+                    drain(&mut f, &mut buf, &part).await?;
+                }
                 done += bytes.len() as u64;
+                writeback.wrote(bytes.len());
                 report.progress(done, total);
             }
         }
     }
+    drain(&mut f, &mut buf, &part).await?;
     finish_part(&mut f, &part).await?;
     if let Some(t) = total {
         if done != t {
@@ -314,6 +326,21 @@ async fn attempt(
         }
     }
     Ok(done)
+}
+
+/// Writes the gathered bytes to the partial file.
+async fn drain(
+    f: &mut tokio::fs::File,
+    buf: &mut Vec<u8>,
+    part: &std::path::Path,
+) -> Result<(), Failure> {
+    if !buf.is_empty() {
+        f.write_all(buf)
+            .await
+            .map_err(|e| io_failure("write", part, e))?;
+        buf.clear();
+    }
+    Ok(())
 }
 
 fn host_port(url: &url::Url) -> String {

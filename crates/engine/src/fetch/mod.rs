@@ -251,6 +251,54 @@ pub(crate) async fn finish_part(f: &mut tokio::fs::File, path: &Path) -> Result<
     f.sync_all().await.map_err(|e| io_failure("sync", path, e))
 }
 
+/// Starts writing a download's pages to disk while it goes on: every
+/// [`WRITEBACK_EVERY`] bytes, an `fdatasync` of the partial file runs in a
+/// blocking thread beside the download (on a second descriptor of the same
+/// file), so the fsync before the rename finds little left to write. The
+/// download's time becomes about the larger of the transfer and the disk
+/// rather than their sum, and dirty pages stay bounded. The interim syncs'
+/// errors are left to the final one, which reports them.
+pub(crate) struct Writeback {
+    file: Option<std::sync::Arc<std::fs::File>>,
+    pending: Option<tokio::task::JoinHandle<()>>,
+    unsynced: u64,
+}
+
+/// Bytes written between two background syncs.
+pub(crate) const WRITEBACK_EVERY: u64 = 64 << 20;
+
+impl Writeback {
+    pub(crate) async fn new(f: &tokio::fs::File) -> Writeback {
+        let file = match f.try_clone().await {
+            Ok(c) => Some(std::sync::Arc::new(c.into_std().await)),
+            Err(_) => None,
+        };
+        Writeback {
+            file,
+            pending: None,
+            unsynced: 0,
+        }
+    }
+
+    /// Counts `n` bytes written; starts a sync when enough are unsynced and
+    /// none is running.
+    pub(crate) fn wrote(&mut self, n: usize) {
+        self.unsynced += n as u64;
+        if self.unsynced < WRITEBACK_EVERY
+            || self.pending.as_ref().is_some_and(|p| !p.is_finished())
+        {
+            return;
+        }
+        if let Some(file) = &self.file {
+            let file = file.clone();
+            self.unsynced = 0;
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                let _ = rustix::fs::fdatasync(&*file);
+            }));
+        }
+    }
+}
+
 /// Removes a partial file; a missing one is fine.
 pub async fn remove_part(path: &Path) {
     match tokio::fs::remove_file(path).await {

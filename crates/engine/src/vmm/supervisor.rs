@@ -47,6 +47,9 @@ use crate::size::Size;
 use crate::store::GuestRecord;
 use crate::validate;
 
+/// How often a starting hypervisor's QMP socket is tried.
+const QMP_POLL: Duration = Duration::from_millis(2);
+
 /// The supervisor's settings, from the server's config.
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
@@ -618,7 +621,10 @@ impl Vmm {
                         self.hv.name()
                     )));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                // QEMU is up within some 50-500 ms; a failed connect costs
+                // microseconds, so poll often: every poll interval is added
+                // to the start's latency, half of it on average.
+                Err(_) => tokio::time::sleep(QMP_POLL).await,
             }
         };
         let qmp = Arc::new(qmp);

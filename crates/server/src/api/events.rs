@@ -9,12 +9,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{CloseFrame, Message};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use serde_json::{json, Value};
 use tokio::task::AbortHandle;
 use tracing::debug;
 
-use hyve_engine::events::Subscriber;
+use hyve_engine::events::{Event, Subscriber};
 use hyve_engine::tasks::EVENT_NAME;
 use hyve_proto::{render_event, ProtocolError};
 
@@ -116,14 +116,37 @@ pub async fn handle(app: &App, session: &Session, name: &str, args: &Value) -> O
     Outcome::Ok(json!({ name: last }))
 }
 
+/// The frame of the event being fanned out, rendered by the first
+/// forwarder to get it and shared by the others (a reference-counted
+/// buffer): with 1,000 subscribers an event was serialized 1,000 times.
+/// One slot is enough, as every forwarder handles the same event at about
+/// the same time; holding the `Arc` keeps its address from being reused.
+struct FrameCache(Mutex<Option<(Arc<Event>, Utf8Bytes)>>);
+
+static LAST_FRAME: FrameCache = FrameCache(Mutex::new(None));
+
+impl FrameCache {
+    fn frame(&self, ev: &Arc<Event>) -> Utf8Bytes {
+        let mut slot = self.0.lock().expect("frame cache poisoned");
+        if let Some((cached, frame)) = slot.as_ref() {
+            if Arc::ptr_eq(cached, ev) {
+                return frame.clone();
+            }
+        }
+        let frame = Utf8Bytes::from(render_event(&ev.name, &ev.payload));
+        *slot = Some((ev.clone(), frame.clone()));
+        frame
+    }
+}
+
 /// Moves events from the subscriber to the connection's writer, until the
 /// connection goes (the send fails) or the session drops (abort).
 async fn forward(sub: Arc<Subscriber>, push: tokio::sync::mpsc::Sender<Message>) {
     loop {
         match sub.recv().await {
             Ok(ev) => {
-                let frame = render_event(&ev.name, &ev.payload);
-                if push.send(Message::Text(frame.into())).await.is_err() {
+                let frame = LAST_FRAME.frame(&ev);
+                if push.send(Message::Text(frame)).await.is_err() {
                     return;
                 }
             }

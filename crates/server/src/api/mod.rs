@@ -27,6 +27,9 @@ pub mod rpc;
 pub enum Outcome {
     /// Success: the reply's `args`.
     Ok(Value),
+    /// Success whose `args` are already JSON text (listvms, rendered
+    /// straight from the inventory rather than built as a `Value`).
+    Json(String),
     /// A known action that failed: answered in band (`name` stays
     /// `"response"`) with `{"<action>": {"error": …}}`; REST uses `status`.
     ActionError { args: Value, status: u16 },
@@ -52,7 +55,7 @@ impl Outcome {
     /// The HTTP status of this outcome.
     pub fn http_status(&self) -> u16 {
         match self {
-            Outcome::Ok(_) | Outcome::NoReply => 200,
+            Outcome::Ok(_) | Outcome::Json(_) | Outcome::NoReply => 200,
             Outcome::ActionError { status, .. } => *status,
             Outcome::Protocol(p) => p.code.http_status(),
         }
