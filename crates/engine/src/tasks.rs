@@ -177,15 +177,25 @@ struct Entry {
     progress: Progress,
     cancel: CancellationToken,
     done: watch::Sender<bool>,
+    /// The order in which finished tasks were announced (their `finished`
+    /// event published); `None` until then. Only announced tasks may be
+    /// forgotten, oldest first: recorded finish times have one-second
+    /// resolution, and a task forgotten between its finish and its event
+    /// would never tell its subscribers it finished.
+    announced: Option<u64>,
 }
 
 impl Entry {
     fn new(rec: TaskRecord) -> Entry {
+        // Tasks read at start that had finished were announced by an
+        // earlier server; they are older than any finished since.
+        let announced = (rec.state == TaskState::Finished).then_some(0);
         Entry {
             rec,
             progress: Progress::default(),
             cancel: CancellationToken::new(),
             done: watch::channel(false).0,
+            announced,
         }
     }
 
@@ -262,6 +272,8 @@ pub struct Dispatcher {
     slots: Arc<Semaphore>,
     history: usize,
     tasks: Mutex<BTreeMap<String, Entry>>,
+    /// The last number given to an announced finished task.
+    announced: std::sync::atomic::AtomicU64,
     /// Serializes record writes, each of which writes the record as it is
     /// at that moment, so an older state never overwrites a newer one.
     saving: tokio::sync::Mutex<()>,
@@ -338,6 +350,7 @@ impl Dispatcher {
             slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             history: limits.history,
             tasks: Mutex::new(tasks),
+            announced: std::sync::atomic::AtomicU64::new(0),
             saving: tokio::sync::Mutex::new(()),
         }))
     }
@@ -600,7 +613,12 @@ impl Dispatcher {
             self.publish_progress_now(id);
         }
         self.publish(id, false);
-        if let Some(e) = self.lock().get(id) {
+        let order = self
+            .announced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if let Some(e) = self.lock().get_mut(id) {
+            e.announced = Some(order);
             let _ = e.done.send(true);
         }
         self.prune().await;
@@ -630,17 +648,20 @@ impl Dispatcher {
     async fn prune(&self) {
         let gone: Vec<String> = {
             let mut t = self.lock();
-            let mut finished: Vec<(String, String)> = t
+            let mut finished: Vec<(u64, String, String)> = t
                 .values()
-                .filter(|e| e.rec.state == TaskState::Finished)
-                .map(|e| (e.rec.finished.clone().unwrap_or_default(), e.rec.id.clone()))
+                .filter_map(|e| {
+                    let order = e.announced?;
+                    let at = e.rec.finished.clone().unwrap_or_default();
+                    Some((order, at, e.rec.id.clone()))
+                })
                 .collect();
             if finished.len() <= self.history {
                 return;
             }
             finished.sort();
             let n = finished.len() - self.history;
-            let gone: Vec<String> = finished.into_iter().take(n).map(|(_, id)| id).collect();
+            let gone: Vec<String> = finished.into_iter().take(n).map(|(_, _, id)| id).collect();
             for id in &gone {
                 t.remove(id);
             }
@@ -888,6 +909,73 @@ mod tests {
             text.contains("state = \"finished\"") && text.contains("return_code = 1"),
             "{text}"
         );
+    }
+
+    /// Tasks finishing together, with a history shorter than their number:
+    /// every one still announces `finished` (a task forgotten before its
+    /// event would leave its subscribers waiting forever), and the ones kept
+    /// are the last announced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_task_announces_its_end_before_it_is_forgotten() {
+        const TASKS: usize = 60;
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path()).await;
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.iso"), b"the iso").unwrap();
+        let url = url::Url::from_file_path(src.join("a.iso"))
+            .unwrap()
+            .to_string();
+        let bus = EventBus::new();
+        let sub = bus.subscribe();
+        sub.add_names([EVENT_NAME]);
+        let fetcher = Fetcher::new(crate::fetch::FetchConfig {
+            file_roots: vec![std::fs::canonicalize(&src).unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+        let disp = Dispatcher::open(
+            d.path().join("hyve/tasks"),
+            e.clone(),
+            bus.clone(),
+            fetcher,
+            TaskLimits {
+                max_concurrent: 8,
+                history: 2,
+            },
+        )
+        .unwrap();
+        disp.start().await;
+        let mut ids = std::collections::BTreeSet::new();
+        for i in 0..TASKS {
+            let rec = disp
+                .fetch_iso(&url, Some(&format!("n{i}.iso")), None)
+                .await
+                .unwrap();
+            ids.insert(rec.id);
+        }
+        let mut order = Vec::new();
+        while order.len() < TASKS {
+            let ev = tokio::time::timeout(Duration::from_secs(20), sub.recv())
+                .await
+                .expect("a finished event never came")
+                .unwrap();
+            if ev.payload["state"] == "finished" {
+                let id = ev.payload["process_details"]["process_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                assert!(ids.contains(&id), "{id}");
+                assert!(!order.contains(&id), "{id} finished twice");
+                order.push(id);
+            }
+        }
+        // Let the last prune run, then only the last two announced remain.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let kept: std::collections::BTreeSet<String> =
+            disp.list().into_iter().map(|(id, _)| id).collect();
+        let last: std::collections::BTreeSet<String> = order[TASKS - 2..].iter().cloned().collect();
+        assert_eq!(kept, last);
     }
 
     #[test]
