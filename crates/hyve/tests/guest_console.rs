@@ -132,22 +132,33 @@ async fn viewers_writer_and_the_cli() {
         b.send(Message::Binary(b"echo second-$((7*7))\n".to_vec().into()))
             .await
             .unwrap();
-        // Either the guest answers or the keyboard is still held (A's close
-        // in flight): then try again.
+        // Either the guest echoes what B typed, or B is told the keyboard
+        // is still held (A's close in flight): then try again. Output of
+        // earlier commands may still arrive in between.
         use futures_util::StreamExt;
-        match tokio::time::timeout(GUEST_DEADLINE, b.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Binary(x) => {
-                seen_b.push_str(&String::from_utf8_lossy(&x));
-                took = true;
-                break;
+        loop {
+            match tokio::time::timeout(GUEST_DEADLINE, b.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+            {
+                Message::Binary(x) => {
+                    seen_b.push_str(&String::from_utf8_lossy(&x));
+                    if seen_b.contains("second-$((7*7))") {
+                        took = true;
+                        break;
+                    }
+                }
+                Message::Text(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    break;
+                }
+                _ => {}
             }
-            Message::Text(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-            _ => {}
+        }
+        if took {
+            break;
         }
     }
     assert!(took, "B never got the keyboard");
