@@ -546,5 +546,8 @@ async fn a_download_whose_server_vanishes() {
     check_settled(&c, &[pool], dir.path(), &BTreeSet::new(), 10)
         .await
         .unwrap();
-    rel::record("host-download", json!({"faults_injected": 1, "error": e}));
+    rel::record(
+        "host-download",
+        json!({"faults_injected": 1, "kinds": ["the server vanishing mid-file"], "error": e}),
+    );
 }
