@@ -104,12 +104,14 @@ impl Sizes {
 }
 
 const CONFIG: &str = "# The benchmark's server: the defaults, but guests under TCG (KVM does
-# not run guests on every host) and room for 1,000 event subscribers.
+# not run guests on every host) and room for 1,000 event subscribers, all
+# from this host's loopback address.
 [qemu]
 accel = \"tcg\"
 
 [limits]
 max_connections = 1200
+max_connections_per_address = 1200
 ";
 
 fn main() -> anyhow::Result<()> {
