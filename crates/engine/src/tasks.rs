@@ -802,6 +802,23 @@ mod tests {
         e
     }
 
+    /// A folder under `root` holding `a.iso` ("the iso"): its file:// URL,
+    /// and a fetcher allowed to read below that folder.
+    fn file_source(root: &std::path::Path) -> (String, Fetcher) {
+        let src = root.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.iso"), b"the iso").unwrap();
+        let url = url::Url::from_file_path(src.join("a.iso"))
+            .unwrap()
+            .to_string();
+        let fetcher = Fetcher::new(crate::fetch::FetchConfig {
+            file_roots: vec![std::fs::canonicalize(&src).unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+        (url, fetcher)
+    }
+
     fn record(id: &str, state: TaskState, restarts: u32, url: &str, name: &str) -> TaskRecord {
         TaskRecord {
             id: id.into(),
@@ -827,12 +844,7 @@ mod tests {
     async fn tasks_cut_short_are_resumed_or_given_up() {
         let d = tempfile::tempdir().unwrap();
         let e = engine(d.path()).await;
-        let src = d.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("a.iso"), b"the iso").unwrap();
-        let url = url::Url::from_file_path(src.join("a.iso"))
-            .unwrap()
-            .to_string();
+        let (url, fetcher) = file_source(d.path());
         let tasks_dir = d.path().join("hyve/tasks");
         std::fs::create_dir_all(&tasks_dir).unwrap();
         let again = "{11111111-1111-4111-8111-111111111111}";
@@ -850,11 +862,6 @@ mod tests {
         let bus = EventBus::new();
         let sub = bus.subscribe();
         sub.add_names([EVENT_NAME]);
-        let fetcher = Fetcher::new(crate::fetch::FetchConfig {
-            file_roots: vec![std::fs::canonicalize(&src).unwrap()],
-            ..Default::default()
-        })
-        .unwrap();
         let disp = Dispatcher::open(
             tasks_dir.clone(),
             e.clone(),
@@ -920,20 +927,10 @@ mod tests {
         const TASKS: usize = 60;
         let d = tempfile::tempdir().unwrap();
         let e = engine(d.path()).await;
-        let src = d.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("a.iso"), b"the iso").unwrap();
-        let url = url::Url::from_file_path(src.join("a.iso"))
-            .unwrap()
-            .to_string();
+        let (url, fetcher) = file_source(d.path());
         let bus = EventBus::new();
         let sub = bus.subscribe();
         sub.add_names([EVENT_NAME]);
-        let fetcher = Fetcher::new(crate::fetch::FetchConfig {
-            file_roots: vec![std::fs::canonicalize(&src).unwrap()],
-            ..Default::default()
-        })
-        .unwrap();
         let disp = Dispatcher::open(
             d.path().join("hyve/tasks"),
             e.clone(),

@@ -24,23 +24,6 @@ use serde_json::{json, Value};
 const CLIENTS: usize = 50;
 const GUESTS: usize = 10;
 
-fn allowed(msg: &str) -> bool {
-    [
-        "already exists",
-        "No such guest",
-        "already used by",
-        "has no disk",
-        "is running: stop it",
-        "is already running",
-        "is not running",
-        "not larger than",
-        "disk0 cannot be removed",
-        "the most a guest can have",
-    ]
-    .iter()
-    .any(|a| msg.contains(a))
-}
-
 #[derive(Default)]
 struct Counts {
     actions: AtomicUsize,
@@ -90,7 +73,7 @@ async fn worker(c: Client, seed: u64, until: Instant, counts: Arc<Counts>) -> Re
         counts.actions.fetch_add(1, Ordering::Relaxed);
         match c.iohyve(a, args.clone()).await {
             Ok(_) => {}
-            Err(hyve_client::ClientError::Action(m)) if allowed(&m) => {
+            Err(hyve_client::ClientError::Action(m)) if rel::refused_by_rules(&m) => {
                 counts.refused.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => return Err(format!("{a} {args}: {e}")),

@@ -31,27 +31,6 @@ const GUESTS: [&str; 6] = ["g0", "g1", "g2", "g3", "g4", "g5"];
 /// Guests running at once at most (each is a TCG QEMU on a 2-core machine).
 const MAX_RUNNING: usize = 2;
 
-/// Errors the rules call for when random actions meet random state.
-fn allowed(msg: &str) -> bool {
-    [
-        "already exists",
-        "No such guest",
-        "already used by",
-        "has no disk",
-        "is running: stop it",
-        "is already running",
-        "is not running",
-        "not larger than",
-        "No such ISO",
-        "in use by running guest",
-        "is being downloaded already",
-        "disk0 cannot be removed",
-        "the most a guest can have",
-    ]
-    .iter()
-    .any(|a| msg.contains(a))
-}
-
 fn config(root: &Path) -> PathBuf {
     let p = root.join("crash.toml");
     std::fs::write(
@@ -175,7 +154,7 @@ async fn run_action(c: Arc<Client>, action: String, args: Value, acks: Arc<Mutex
                 a.last_power.remove(&name);
             }
         }
-        Err(hyve_client::ClientError::Action(m)) if allowed(&m) => a.refused += 1,
+        Err(hyve_client::ClientError::Action(m)) if rel::refused_by_rules(&m) => a.refused += 1,
         Err(hyve_client::ClientError::Closed) => {
             a.cut += 1;
             // A start the kill cut short may or may not have happened: the

@@ -16,6 +16,30 @@ use serde_json::{json, Value};
 
 use super::Client;
 
+/// Whether an action's error is one the rules call for when random
+/// actions meet random state (a guest that exists, runs, or is gone; a disk
+/// or ISO that is not there or in use; the disk limit). Any other refusal
+/// is a failure of the suite.
+pub fn refused_by_rules(msg: &str) -> bool {
+    [
+        "already exists",
+        "No such guest",
+        "already used by",
+        "has no disk",
+        "is running: stop it",
+        "is already running",
+        "is not running",
+        "not larger than",
+        "No such ISO",
+        "in use by running guest",
+        "is being downloaded already",
+        "disk0 cannot be removed",
+        "the most a guest can have",
+    ]
+    .iter()
+    .any(|a| msg.contains(a))
+}
+
 /// Whether this is a long run (`HYVE_LONG=1`).
 pub fn long() -> bool {
     std::env::var("HYVE_LONG").is_ok_and(|v| v == "1")
