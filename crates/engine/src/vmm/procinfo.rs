@@ -89,7 +89,19 @@ mod tests {
             .current_dir(&dir)
             .spawn()
             .unwrap();
-        let found = working_in(&dir);
+        // Between fork and exec the child already works in `dir` but its
+        // command line is not yet sleep's (or reads empty): wait for it.
+        let mut found = working_in(&dir);
+        for _ in 0..200 {
+            if found
+                .first()
+                .is_some_and(|p| p.argv.get(1).is_some_and(|a| a == "30"))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = working_in(&dir);
+        }
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].pid, child.id() as i32);
         assert_eq!(found[0].argv[1], "30");
