@@ -46,14 +46,7 @@ pub fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
         .with_context(|| format!("cannot run {:?}", cmd.get_program()))?
         .wait_with_output()?;
     let d = t.elapsed();
-    if !out.status.success() {
-        bail!(
-            "{:?} {:?} failed: {}",
-            cmd.get_program(),
-            cmd.get_args().collect::<Vec<_>>(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    succeeded(cmd, &out)?;
     Ok(d)
 }
 
@@ -63,14 +56,7 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} {:?} failed: {}",
-            cmd.get_program(),
-            cmd.get_args().collect::<Vec<_>>(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    succeeded(cmd, &out)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -84,4 +70,17 @@ pub fn have(program: &str) -> bool {
 /// written back during the next one's timing.
 pub fn sync_all() {
     rustix::fs::sync();
+}
+
+/// An error naming the command and its stderr unless it exited 0.
+fn succeeded(cmd: &Command, out: &std::process::Output) -> anyhow::Result<()> {
+    if !out.status.success() {
+        bail!(
+            "{:?} {:?} failed: {}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
