@@ -92,7 +92,9 @@ fn protocol_sentence(code: &str, message: &str, detail: &Option<String>) -> Stri
     }
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
+/// Reply waiters by request id; `None` once the connection has closed, so
+/// that a request made after that fails at once instead of waiting for ever.
+type Pending = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Value>>>>>;
 
 /// A live connection.
 pub struct Client {
@@ -274,7 +276,7 @@ impl Client {
     {
         let (mut sink, mut source) = stream.split();
         let (out, mut out_rx) = mpsc::channel::<Message>(64);
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
@@ -301,12 +303,14 @@ impl Client {
                     continue;
                 }
                 let id = v["id"].as_str().unwrap_or("").to_string();
-                if let Some(tx) = p2.lock().unwrap().remove(&id) {
+                let waiter = p2.lock().unwrap().as_mut().and_then(|m| m.remove(&id));
+                if let Some(tx) = waiter {
                     let _ = tx.send(v);
                 }
             }
-            // Dropping the senders wakes every waiter with `Closed`.
-            p2.lock().unwrap().clear();
+            // Dropping the senders wakes every waiter with `Closed`; later
+            // requests see `None` and fail at once.
+            *p2.lock().unwrap() = None;
         });
         Client {
             out,
@@ -332,7 +336,10 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let id = format!("hyve-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id.clone(), tx);
+        match self.pending.lock().unwrap().as_mut() {
+            Some(m) => m.insert(id.clone(), tx),
+            None => return Err(ClientError::Closed),
+        };
         let frame = json!({"namespace": namespace, "name": name, "id": id, "args": args});
         if self
             .out
@@ -340,7 +347,9 @@ impl Client {
             .await
             .is_err()
         {
-            self.pending.lock().unwrap().remove(&id);
+            if let Some(m) = self.pending.lock().unwrap().as_mut() {
+                m.remove(&id);
+            }
             return Err(ClientError::Closed);
         }
         rx.await.map_err(|_| ClientError::Closed)
@@ -410,5 +419,44 @@ pub fn action_error(inner: &Value) -> Option<&str> {
         obj.get("error")?.as_str()
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod closed_connection_tests {
+    use super::*;
+
+    /// A request made after the server closed the connection fails at once
+    /// (it used to wait for ever: its waiter was registered after the
+    /// reader had dropped all of them, and the frame still went to the
+    /// writer's queue).
+    #[tokio::test]
+    async fn a_request_after_the_close_fails_at_once() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+            ws.close(None).await.unwrap();
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp)
+            .await
+            .unwrap();
+        let c = Client::start(ws);
+        server.await.unwrap();
+        for _ in 0..500 {
+            if c.pending.lock().unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            c.request("rpc", "query", json!({})),
+        )
+        .await
+        .expect("a request on a closed connection must not wait");
+        assert!(matches!(r, Err(ClientError::Closed)), "{r:?}");
     }
 }
