@@ -510,6 +510,28 @@ impl Dispatcher {
         }
     }
 
+    /// Applies `change` to the task's record on disk, and only then in
+    /// memory, where `list` and events see it. False if there is no such
+    /// task. Should the write fail, the change is still made in memory
+    /// (the server goes on with what it knows) and the failure logged.
+    async fn commit(&self, id: &str, change: impl Fn(&mut TaskRecord)) -> bool {
+        let _g = self.saving.lock().await;
+        let Some(mut rec) = self.lock().get(id).map(|e| e.rec.clone()) else {
+            return false;
+        };
+        change(&mut rec);
+        if let Err(e) = self.write_record(&rec).await {
+            warn!(task = %id, error = %e, "could not record the task's state");
+        }
+        match self.lock().get_mut(id) {
+            Some(e) => {
+                change(&mut e.rec);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn publish(&self, id: &str, progress: bool) {
         let ev = self.lock().get(id).map(|e| e.event(progress));
         if let Some(ev) = ev {
@@ -532,11 +554,12 @@ impl Dispatcher {
                 return;
             }
         };
-        if let Some(e) = self.lock().get_mut(&id) {
-            e.rec.state = TaskState::Running;
-            e.rec.started = Some(now_text());
-        }
-        self.save(&id).await;
+        let at = now_text();
+        self.commit(&id, |r| {
+            r.state = TaskState::Running;
+            r.started = Some(at.clone());
+        })
+        .await;
         self.publish(&id, false);
         let job = match url::Url::parse(&spec.url) {
             Ok(url) => Job {
@@ -570,44 +593,49 @@ impl Dispatcher {
     }
 
     async fn finish(&self, id: &str, result: std::result::Result<u64, Failure>) {
-        let now = Instant::now();
-        let ok = {
-            let mut t = self.lock();
-            let Some(e) = t.get_mut(id) else {
-                return;
-            };
-            e.rec.state = TaskState::Finished;
-            e.rec.finished = Some(now_text());
-            match &result {
-                Ok(len) => {
-                    e.rec.return_code = Some(RC_OK);
-                    e.progress.update(*len, Some(*len), now);
+        let ok = result.is_ok();
+        match &result {
+            Ok(len) => {
+                if let Some(e) = self.lock().get_mut(id) {
+                    e.progress.update(*len, Some(*len), Instant::now());
                 }
+            }
+            Err(_) => {
+                // The download removes its partial file itself; this covers
+                // a task killed while pending with a partial file from
+                // before a restart.
+                if let Some(rec) = self.record(id) {
+                    let dir = self.engine.store().iso_dir(&rec.fetch.pool);
+                    fetch::remove_part(&dir.join(format!("{}{PARTIAL_SUFFIX}", rec.fetch.name)))
+                        .await;
+                }
+            }
+        }
+        let at = now_text();
+        let end = |r: &mut TaskRecord| {
+            r.state = TaskState::Finished;
+            r.finished = Some(at.clone());
+            match &result {
+                Ok(_) => r.return_code = Some(RC_OK),
                 Err(f) => {
-                    e.rec.return_code = Some(match f {
+                    r.return_code = Some(match f {
                         Failure::Cancelled => RC_KILLED,
                         Failure::Failed(_) => RC_FAILED,
                     });
-                    e.rec.error = Some(f.message());
+                    r.error = Some(f.message());
                 }
             }
-            e.rec.fetch.validator = None;
-            result.is_ok()
+            r.fetch.validator = None;
         };
-        if result.is_err() {
-            // The download removes its partial file itself; this covers a
-            // task killed while pending with a partial file from before a
-            // restart.
-            if let Some(rec) = self.record(id) {
-                let dir = self.engine.store().iso_dir(&rec.fetch.pool);
-                fetch::remove_part(&dir.join(format!("{}{PARTIAL_SUFFIX}", rec.fetch.name))).await;
-            }
+        // On disk first: a task anyone has seen finished stays finished
+        // whenever the server dies, and is never run again.
+        if !self.commit(id, end).await {
+            return;
         }
         match &result {
             Ok(len) => info!(task = %id, bytes = len, "task finished"),
             Err(f) => info!(task = %id, error = %f.message(), "task failed"),
         }
-        self.save(id).await;
         if ok {
             // The last figure, so that a bar ends at 100%.
             self.publish_progress_now(id);
@@ -916,6 +944,44 @@ mod tests {
             text.contains("state = \"finished\"") && text.contains("return_code = 1"),
             "{text}"
         );
+    }
+
+    /// What `list` and the events say of a task is on disk first: a task
+    /// seen finished stays finished however the server dies next. (A server
+    /// killed just after a client saw "finished" once ran the task again.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_is_seen_finished_only_once_its_record_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path()).await;
+        let (url, fetcher) = file_source(d.path());
+        let tasks_dir = d.path().join("hyve/tasks");
+        std::fs::create_dir_all(&tasks_dir).unwrap();
+        let id = "{33333333-3333-4333-8333-333333333333}";
+        let rec = record(id, TaskState::Running, MAX_RESTARTS, &url, "lost.iso");
+        std::fs::write(record_file(&tasks_dir, id), encode(&rec)).unwrap();
+        let disp = Dispatcher::open(
+            tasks_dir.clone(),
+            e.clone(),
+            EventBus::new(),
+            fetcher,
+            TaskLimits::default(),
+        )
+        .unwrap();
+        let on_disk = || std::fs::read_to_string(record_file(&tasks_dir, id)).unwrap();
+        // Record writes wait while the test holds their lock.
+        let writes = disp.saving.lock().await;
+        let starting = tokio::spawn({
+            let disp = disp.clone();
+            async move { disp.start().await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(on_disk().contains("state = \"running\""));
+        assert_eq!(disp.record(id).unwrap().state, TaskState::Running);
+        assert_eq!(disp.list()[0].1["state"], "running");
+        drop(writes);
+        starting.await.unwrap();
+        assert_eq!(disp.record(id).unwrap().state, TaskState::Finished);
+        assert!(on_disk().contains("state = \"finished\""), "{}", on_disk());
     }
 
     /// Tasks finishing together, with a history shorter than their number:
