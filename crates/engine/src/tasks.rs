@@ -14,7 +14,9 @@
 //! A task found pending or running at start was cut short by a stop or a
 //! crash: it is queued again (an http(s) download resumes from its partial
 //! file under the validator it recorded; the others start over), at most
-//! [`MAX_RESTARTS`] times, after which it is finished as failed.
+//! [`MAX_RESTARTS`] times, after which it is finished as failed. One cut
+//! short while its complete file was being renamed into place finds that
+//! file by the identity it recorded first, and finishes without fetching.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -84,6 +86,10 @@ pub struct FetchSpec {
     /// The http(s) validator the partial file was fetched under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator: Option<String>,
+    /// Set just before the complete file is renamed into place: its
+    /// `<device>:<inode>`, by which a restart knows the download ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placing: Option<String>,
 }
 
 /// Everything kept about one task.
@@ -464,6 +470,7 @@ impl Dispatcher {
                 pool: setup.pool.clone(),
                 sha256,
                 validator: None,
+                placing: None,
             },
         };
         {
@@ -568,6 +575,7 @@ impl Dispatcher {
                 sha256: spec.sha256.clone(),
                 iso_dir: self.engine.store().iso_dir(&spec.pool),
                 validator: spec.validator.clone(),
+                placing: spec.placing.clone(),
             },
             Err(e) => {
                 self.finish(
@@ -626,6 +634,7 @@ impl Dispatcher {
                 }
             }
             r.fetch.validator = None;
+            r.fetch.placing = None;
         };
         // On disk first: a task anyone has seen finished stays finished
         // whenever the server dies, and is never run again.
@@ -813,6 +822,14 @@ impl Reporter for TaskReporter {
             }
         })
     }
+
+    fn placing<'a>(&'a self, identity: &'a str) -> fetch::BoxFuture<'a> {
+        Box::pin(async move {
+            self.d
+                .commit(&self.id, |r| r.fetch.placing = Some(identity.to_string()))
+                .await;
+        })
+    }
 }
 
 #[cfg(test)]
@@ -864,6 +881,7 @@ mod tests {
                 pool: "tank".into(),
                 sha256: None,
                 validator: None,
+                placing: None,
             },
         }
     }
@@ -944,6 +962,85 @@ mod tests {
             text.contains("state = \"finished\"") && text.contains("return_code = 1"),
             "{text}"
         );
+    }
+
+    /// A restart after a crash around the final rename: the complete file
+    /// is found by the identity recorded before the rename (in place, or
+    /// still beside it) and the task finishes without fetching again; an
+    /// ISO by that name with another identity is someone else's, untouched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_download_cut_short_at_its_rename_is_not_fetched_again() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path()).await;
+        let (url, fetcher) = file_source(d.path());
+        let tasks_dir = d.path().join("hyve/tasks");
+        std::fs::create_dir_all(&tasks_dir).unwrap();
+        let iso_dir = e.store().iso_dir("tank");
+        let identity = |p: &std::path::Path| fetch::file_identity(&std::fs::metadata(p).unwrap());
+        std::fs::write(iso_dir.join("placed.iso"), b"placed bytes").unwrap();
+        std::fs::write(iso_dir.join("waiting.iso.part"), b"waiting bytes").unwrap();
+        std::fs::write(iso_dir.join("foreign.iso"), b"someone else's").unwrap();
+        let placed_ino = std::fs::metadata(iso_dir.join("placed.iso")).unwrap().ino();
+        let cases = [
+            (
+                "{44444444-4444-4444-8444-444444444441}",
+                "placed.iso",
+                identity(&iso_dir.join("placed.iso")),
+            ),
+            (
+                "{44444444-4444-4444-8444-444444444442}",
+                "waiting.iso",
+                identity(&iso_dir.join("waiting.iso.part")),
+            ),
+            (
+                "{44444444-4444-4444-8444-444444444443}",
+                "foreign.iso",
+                "1:1".to_string(),
+            ),
+        ];
+        for (id, name, placing) in &cases {
+            let mut rec = record(id, TaskState::Running, 0, &url, name);
+            rec.fetch.placing = Some(placing.clone());
+            std::fs::write(record_file(&tasks_dir, id), encode(&rec)).unwrap();
+        }
+        let disp = Dispatcher::open(
+            tasks_dir,
+            e.clone(),
+            EventBus::new(),
+            fetcher,
+            TaskLimits::default(),
+        )
+        .unwrap();
+        disp.start().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ended = |id: &str| {
+            let r = disp.record(id).unwrap();
+            (r.state == TaskState::Finished).then_some((r.return_code, r.error, r.fetch.placing))
+        };
+        while cases.iter().any(|(id, _, _)| ended(id).is_none()) {
+            assert!(Instant::now() < deadline, "{:?}", disp.list());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ended(cases[0].0), Some((Some(RC_OK), None, None)));
+        assert_eq!(ended(cases[1].0), Some((Some(RC_OK), None, None)));
+        let (rc, error, _) = ended(cases[2].0).unwrap();
+        assert_eq!(rc, Some(RC_FAILED));
+        assert!(error.unwrap().contains("appeared while downloading"));
+        let read = |n: &str| std::fs::read(iso_dir.join(n)).unwrap();
+        assert_eq!(read("placed.iso"), b"placed bytes");
+        assert_eq!(
+            std::fs::metadata(iso_dir.join("placed.iso")).unwrap().ino(),
+            placed_ino
+        );
+        assert_eq!(read("waiting.iso"), b"waiting bytes");
+        assert_eq!(read("foreign.iso"), b"someone else's");
+        let mut names: Vec<String> = std::fs::read_dir(&iso_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["foreign.iso", "placed.iso", "waiting.iso"]);
     }
 
     /// What `list` and the events say of a task is on disk first: a task

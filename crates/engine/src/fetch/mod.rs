@@ -70,6 +70,9 @@ pub struct Job {
     /// For an http(s) download resumed after a restart: the validator
     /// (ETag or Last-Modified) the partial file was fetched under.
     pub validator: Option<String>,
+    /// For a download cut short while its complete file was being put in
+    /// place: that file's [`file_identity`], recorded before the rename.
+    pub placing: Option<String>,
 }
 
 impl Job {
@@ -90,6 +93,23 @@ pub trait Reporter: Send + Sync {
     /// safely after a restart. Awaited before the first byte is written,
     /// so a partial file never exists without the validator on record.
     fn validator<'a>(&'a self, v: &'a str) -> BoxFuture<'a>;
+    /// The [`file_identity`] of the complete, checked file, awaited just
+    /// before it is renamed into place: a restart that finds the ISO with
+    /// this identity knows the download ended, and does not run it again.
+    fn placing<'a>(&'a self, identity: &'a str) -> BoxFuture<'a>;
+}
+
+/// `<device>:<inode>` of a file: what stays the same across a rename, and
+/// tells our own complete download from an ISO someone else put there.
+pub fn file_identity(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// The file at `path` if it exists and has `identity`: its length.
+async fn with_identity(path: &Path, identity: &str) -> Option<u64> {
+    let meta = tokio::fs::symlink_metadata(path).await.ok()?;
+    (meta.is_file() && file_identity(&meta) == identity).then_some(meta.len())
 }
 
 /// What [`Reporter::validator`] returns.
@@ -170,6 +190,21 @@ impl Fetcher {
         report: &dyn Reporter,
     ) -> Result<u64, Failure> {
         let part = job.part_path();
+        if let Some(identity) = &job.placing {
+            // Cut short around the rename: the checked file is in place,
+            // or still waiting beside it.
+            if let Some(len) = with_identity(&job.dest_path(), identity).await {
+                tracing::info!(iso = %job.name, "the download was already in place");
+                return Ok(len);
+            }
+            if let Some(len) = with_identity(&part, identity).await {
+                let placed = self.install(engine, job).await;
+                if placed.is_err() {
+                    remove_part(&part).await;
+                }
+                return placed.map(|()| len);
+            }
+        }
         let result = async {
             let len = match job.url.scheme() {
                 "http" | "https" => http::download(&self.http, &self.cfg, job, cancel, report).await?,
@@ -190,6 +225,10 @@ impl Fetcher {
                     )));
                 }
             }
+            let meta = tokio::fs::metadata(&part)
+                .await
+                .map_err(|e| io_failure("inspect", &part, e))?;
+            report.placing(&file_identity(&meta)).await;
             self.install(engine, job).await?;
             Ok(len)
         }
