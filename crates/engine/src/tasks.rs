@@ -280,8 +280,9 @@ pub struct Dispatcher {
     tasks: Mutex<BTreeMap<String, Entry>>,
     /// The last number given to an announced finished task.
     announced: std::sync::atomic::AtomicU64,
-    /// Serializes record writes, each of which writes the record as it is
-    /// at that moment, so an older state never overwrites a newer one.
+    /// Held by [`Dispatcher::commit`], the one way a known task's record
+    /// changes, and by `prune`: record writes happen one at a time, each
+    /// from the record as the last one left it.
     saving: tokio::sync::Mutex<()>,
 }
 
@@ -371,22 +372,16 @@ impl Dispatcher {
         let mut requeue = Vec::new();
         let mut give_up = Vec::new();
         let mut owned = Vec::new();
-        {
-            let mut t = self.lock();
-            for e in t.values_mut() {
-                if e.rec.state == TaskState::Finished {
-                    continue;
-                }
-                if e.rec.restarts >= MAX_RESTARTS {
-                    give_up.push(e.rec.id.clone());
-                    continue;
-                }
-                e.rec.restarts += 1;
-                e.rec.state = TaskState::Pending;
-                e.rec.started = None;
-                owned.push(format!("{}{PARTIAL_SUFFIX}", e.rec.fetch.name));
-                requeue.push(e.rec.id.clone());
+        for e in self.lock().values() {
+            if e.rec.state == TaskState::Finished {
+                continue;
             }
+            if e.rec.restarts >= MAX_RESTARTS {
+                give_up.push(e.rec.id.clone());
+                continue;
+            }
+            owned.push(format!("{}{PARTIAL_SUFFIX}", e.rec.fetch.name));
+            requeue.push(e.rec.id.clone());
         }
         if let Some(setup) = self.engine.setup_record() {
             for pool in &setup.pools {
@@ -401,7 +396,12 @@ impl Dispatcher {
         }
         for id in requeue {
             info!(task = %id, "queueing again a task the last stop cut short");
-            self.save(&id).await;
+            self.commit(&id, |r| {
+                r.restarts += 1;
+                r.state = TaskState::Pending;
+                r.started = None;
+            })
+            .await;
             self.publish(&id, false);
             tokio::spawn(self.clone().run(id));
         }
@@ -506,24 +506,13 @@ impl Dispatcher {
         .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
     }
 
-    /// Writes the task's record as it is now.
-    async fn save(&self, id: &str) {
-        let _g = self.saving.lock().await;
-        let Some(rec) = self.lock().get(id).map(|e| e.rec.clone()) else {
-            return;
-        };
-        if let Err(e) = self.write_record(&rec).await {
-            warn!(task = %id, error = %e, "could not record the task's state");
-        }
-    }
-
     /// Applies `change` to the task's record on disk, and only then in
     /// memory, where `list` and events see it. False if there is no such
     /// task. Should the write fail, the change is still made in memory
     /// (the server goes on with what it knows) and the failure logged.
-    async fn commit(&self, id: &str, change: impl Fn(&mut TaskRecord)) -> bool {
+    async fn commit(&self, id: &str, change: impl FnOnce(&mut TaskRecord)) -> bool {
         let _g = self.saving.lock().await;
-        let Some(mut rec) = self.lock().get(id).map(|e| e.rec.clone()) else {
+        let Some(mut rec) = self.record(id) else {
             return false;
         };
         change(&mut rec);
@@ -532,7 +521,7 @@ impl Dispatcher {
         }
         match self.lock().get_mut(id) {
             Some(e) => {
-                change(&mut e.rec);
+                e.rec = rec;
                 true
             }
             None => false,
@@ -561,10 +550,9 @@ impl Dispatcher {
                 return;
             }
         };
-        let at = now_text();
         self.commit(&id, |r| {
             r.state = TaskState::Running;
-            r.started = Some(at.clone());
+            r.started = Some(now_text());
         })
         .await;
         self.publish(&id, false);
@@ -619,10 +607,9 @@ impl Dispatcher {
                 }
             }
         }
-        let at = now_text();
         let end = |r: &mut TaskRecord| {
             r.state = TaskState::Finished;
-            r.finished = Some(at.clone());
+            r.finished = Some(now_text());
             match &result {
                 Ok(_) => r.return_code = Some(RC_OK),
                 Err(f) => {
@@ -807,18 +794,14 @@ impl Reporter for TaskReporter {
 
     fn validator<'a>(&'a self, v: &'a str) -> fetch::BoxFuture<'a> {
         Box::pin(async move {
-            let changed = {
-                let mut t = self.d.lock();
-                match t.get_mut(&self.id) {
-                    Some(e) if e.rec.fetch.validator.as_deref() != Some(v) => {
-                        e.rec.fetch.validator = Some(v.to_string());
-                        true
-                    }
-                    _ => false,
-                }
-            };
+            let changed = self
+                .d
+                .record(&self.id)
+                .is_some_and(|r| r.fetch.validator.as_deref() != Some(v));
             if changed {
-                self.d.save(&self.id).await;
+                self.d
+                    .commit(&self.id, |r| r.fetch.validator = Some(v.to_string()))
+                    .await;
             }
         })
     }
