@@ -190,22 +190,19 @@ impl Fetcher {
         report: &dyn Reporter,
     ) -> Result<u64, Failure> {
         let part = job.part_path();
-        if let Some(identity) = &job.placing {
-            // Cut short around the rename: the checked file is in place,
-            // or still waiting beside it.
-            if let Some(len) = with_identity(&job.dest_path(), identity).await {
-                tracing::info!(iso = %job.name, "the download was already in place");
-                return Ok(len);
-            }
-            if let Some(len) = with_identity(&part, identity).await {
-                let placed = self.install(engine, job).await;
-                if placed.is_err() {
-                    remove_part(&part).await;
-                }
-                return placed.map(|()| len);
-            }
-        }
         let result = async {
+            if let Some(identity) = &job.placing {
+                // Cut short around the rename: the checked file is in
+                // place, or still waiting beside it.
+                if let Some(len) = with_identity(&job.dest_path(), identity).await {
+                    tracing::info!(iso = %job.name, "the download was already in place");
+                    return Ok(len);
+                }
+                if let Some(len) = with_identity(&part, identity).await {
+                    self.install(engine, job).await?;
+                    return Ok(len);
+                }
+            }
             let len = match job.url.scheme() {
                 "http" | "https" => http::download(&self.http, &self.cfg, job, cancel, report).await?,
                 "ftp" => ftp::download(&self.cfg, job, cancel, report).await?,
