@@ -139,14 +139,11 @@ async fn run_probe(
         )),
         Ok(Err(e)) => Err(format!("waiting for the probe failed: {e}")),
         Ok(Ok(out)) if out.status.code() == Some(PROBE_EXIT_STATUS) => Ok(()),
-        Ok(Ok(out)) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            Err(format!(
-                "the probe guest ended with {} ({})",
-                out.status,
-                err.lines().last().unwrap_or("no message").trim()
-            ))
-        }
+        Ok(Ok(out)) => Err(format!(
+            "the probe guest ended with {} ({})",
+            out.status,
+            last_line(&String::from_utf8_lossy(&out.stderr))
+        )),
     }
 }
 
