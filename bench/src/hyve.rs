@@ -43,12 +43,17 @@ impl Hyve {
         std::fs::create_dir_all(&data)?;
         let cfg = root.join("hyve.toml");
         std::fs::write(&cfg, config)?;
-        let mut add = Command::new(bin)
-            .args(["user", "add", USER, "--role", "full", "--password-stdin"])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--config")
-            .arg(&cfg)
+        // `bin <args>` on this data dir and config, as the server runs.
+        let on_data = |args: &[&str]| {
+            let mut c = Command::new(bin);
+            c.args(args)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--config")
+                .arg(&cfg);
+            c
+        };
+        let mut add = on_data(&["user", "add", USER, "--role", "full", "--password-stdin"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -60,23 +65,18 @@ impl Hyve {
             bail!("hyve user add: {}", String::from_utf8_lossy(&out.stderr));
         }
         let log_path = root.join("server.log");
-        let mut child = Command::new(bin)
-            .args([
-                "serve",
-                "--ws-listen",
-                "127.0.0.1:0",
-                "--rest-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run hyve serve")?;
+        let mut child = on_data(&[
+            "serve",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--rest-listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run hyve serve")?;
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         // The log is drained to a file all along, so the server never
